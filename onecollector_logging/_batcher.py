@@ -1,0 +1,645 @@
+"""The background pipeline: queue, batching, sending, spilling, flush and close.
+
+Two daemon threads per handler, started with the first record:
+
+* the *batcher* takes snapshots from the queue, serializes them and forms
+  batches (by count, bytes and a flush interval). It hands each batch to the
+  sender, or writes it to the disk cache when the sender is stuck behind a slow
+  or failing collector, so that memory stays bounded during an outage;
+* the *sender* posts batches through :func:`._transport.deliver` (the one retry
+  loop), settles each outcome, and drains the disk cache when the collector is
+  healthy.
+
+The application's threads only append to a deque; they never wait for either.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any, Callable, Deque, List, Optional, Sequence, Union
+
+from . import _schema
+from ._directives import THIS_REQUEST_ONLY
+from ._stats import Counters
+from ._transport import (
+    ACCEPTED,
+    DEFAULT_MAX_ATTEMPTS,
+    KILLED,
+    REJECTED,
+    SPLIT,
+    Interrupted,
+    Outcome,
+    Transport,
+    deliver,
+    split,
+)
+
+log = logging.getLogger(__name__)
+
+# Deadlines that bound how long the application waits in flush() and close()
+# use the real monotonic clock: a frozen test clock must not stretch them.
+# (Kept in a dict so that freezegun, which swaps module-level references to the
+# time functions, leaves this one alone.)
+_REAL = {"monotonic": time.monotonic}
+
+
+#: Set on threads while they do the handler's own work: records they produce
+#: (from urllib3, requests, filelock, this package) are never sent.
+own_activity = threading.local()
+
+
+def real_monotonic() -> float:
+    return _REAL["monotonic"]()
+
+
+#: The sender never holds more than this many batches ahead of the network;
+#: everything else waits in the queue or goes to disk.
+_HANDOFF_BATCHES = 2
+#: Slice of a backoff wait after which the clock is read again, so that a test
+#: moving a frozen clock ends the wait promptly.
+_WAIT_SLICE_S = 0.2
+#: How often an idle sender looks for batches other processes left on disk.
+_IDLE_DRAIN_CHECK_S = 30.0
+#: After a failed drain, the next one waits this long unless a live batch
+#: succeeds first (which proves the collector is back).
+_FAILED_DRAIN_PAUSE_S = 30.0
+
+
+_ONE_ATTEMPT = threading.Event()
+_ONE_ATTEMPT.set()
+
+
+class _FlushMarker:
+    __slots__ = ("generation",)
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+
+
+_Item = Union[List[bytes], _FlushMarker]
+
+
+class Pipeline:
+    """Queue, threads and delivery for one handler.
+
+    :param serialize: turns a snapshot into one envelope line (batcher thread).
+    :param open_cache: opens the disk cache (or returns None); called once, on a
+        pipeline thread, never on the application's.
+    """
+
+    def __init__(
+        self,
+        *,
+        serialize: Callable[[Any], bytes],
+        transport: Transport,
+        open_cache: Callable[[], Any],
+        counters: Counters,
+        max_queue_records: int,
+        max_batch_records: int = _schema.MAX_EVENTS_PER_REQUEST,
+        max_batch_bytes: int = _schema.MAX_REQUEST_BYTES,
+        flush_interval_s: float = 1.0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        drain_interval_s: float = 0.05,
+        name: str = "onecollector",
+    ) -> None:
+        self._serialize = serialize
+        self.transport = transport
+        self._open_cache = open_cache
+        self._counters = counters
+        self._max_queue = max_queue_records
+        self._max_batch_records = max_batch_records
+        self._max_batch_bytes = max_batch_bytes
+        self._flush_interval_s = flush_interval_s
+        self._max_attempts = max_attempts
+        self._drain_interval_s = drain_interval_s
+        self._name = name
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._queue: Deque[Any] = collections.deque()
+        self._ready: Deque[_Item] = collections.deque()
+        self._held: Deque[List[bytes]] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._interrupt = threading.Event()
+        self._closing = threading.Event()
+        #: Set while the sender waits between attempts; tests wait on it.
+        self.backing_off = threading.Event()
+        self._threads: Optional[List[threading.Thread]] = None
+        self._thread_idents: frozenset[int] = frozenset()
+        self._batcher_done = False
+        self._flush_requested = 0
+        self._flushed = 0
+        self._inflight: Optional[List[bytes]] = None
+        self._handed_over = False
+        self._cache: Any = None
+        self._cache_opened = False
+        self._deadline = 0.0
+        #: When the sender may next look at the disk cache (real monotonic).
+        self._next_drain_at = 0.0
+        self._giving_up = False
+        self._loss_streak = False
+        self._queue_full_reported = False
+        self.waits: Deque[float] = collections.deque(maxlen=100)
+
+    # -- application side -------------------------------------------------
+
+    def put(self, snapshot: Any) -> None:
+        """Queue *snapshot*; called from ``emit`` on any thread. Never blocks."""
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            self._counters.add("dropped.queue_full")
+            if not self._queue_full_reported:
+                self._queue_full_reported = True
+                log.warning(
+                    "%s: queue full (%d records) and no disk cache to spill to; "
+                    "records are being dropped",
+                    self._name,
+                    self._max_queue,
+                )
+            return
+        queue.append(snapshot)
+        if self._threads is None:
+            self._start()
+        elif len(queue) >= self._max_batch_records and not self._wake.is_set():
+            self._wake.set()
+
+    def is_own_thread(self) -> bool:
+        return threading.get_ident() in self._thread_idents
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._threads is not None or self._closing.is_set():
+                return
+            threads = [
+                threading.Thread(
+                    target=self._run_batcher, name=f"{self._name}-batcher", daemon=True
+                ),
+                threading.Thread(
+                    target=self._run_sender, name=f"{self._name}-sender", daemon=True
+                ),
+            ]
+            try:
+                for thread in threads:
+                    thread.start()
+            except RuntimeError:
+                # Interpreter shutdown refuses new threads; close() will put the
+                # queued records in the cache instead.
+                log.debug("%s: could not start the pipeline threads", self._name)
+                self._threads = []
+                return
+            self._threads = threads
+            self._thread_idents = frozenset(t.ident for t in threads if t.ident)
+
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Send or store everything queued so far; wait at most *timeout_s*.
+
+        A retry wait in progress is cut short: the batch goes to the disk cache.
+        """
+        threads = self._threads
+        if not threads or self._closing.is_set():
+            return not self._queue
+        with self._cond:
+            self._flush_requested += 1
+            generation = self._flush_requested
+        self._interrupt.set()
+        self._wake.set()
+        deadline = real_monotonic() + timeout_s
+        with self._cond:
+            self._cond.notify_all()
+            while self._flushed < generation:
+                remaining = deadline - real_monotonic()
+                if remaining <= 0 or not any(t.is_alive() for t in threads):
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def close(self, timeout_s: float) -> None:
+        """Stop the threads within *timeout_s*; what is not sent goes to the cache."""
+        if self._closing.is_set():
+            return
+        deadline = real_monotonic() + timeout_s
+        self._deadline = deadline
+        with self._start_lock:
+            self._closing.set()
+        self._interrupt.set()
+        self._wake.set()
+        with self._cond:
+            self._cond.notify_all()
+        for thread in self._threads or []:
+            thread.join(max(0.0, deadline - real_monotonic()))
+        if any(t.is_alive() for t in self._threads or []):
+            self._hand_over()
+        elif self._threads == [] and self._queue:
+            self._hand_over()
+        self.transport.close()
+
+    def _hand_over(self) -> None:
+        # The sender is stuck in a request that outlived the deadline: what it
+        # holds, and what is still queued, goes to disk from this thread. Should
+        # the request still succeed, that one batch may be delivered twice.
+        own_activity.active = True
+        try:
+            self._store_leftovers()
+        finally:
+            own_activity.active = False
+
+    def _store_leftovers(self) -> None:
+        with self._cond:
+            self._handed_over = True
+            batches: List[List[bytes]] = []
+            if self._inflight is not None:
+                batches.append(self._inflight)
+            batches.extend(b for b in self._ready if isinstance(b, list))
+            batches.extend(self._held)
+            self._ready.clear()
+            self._held.clear()
+        lines = self._serialize_all()
+        if lines:
+            batches.append(lines)
+        for batch in batches:
+            self._store(batch, reason="shutdown")
+
+    def _serialize_all(self) -> List[bytes]:
+        lines: List[bytes] = []
+        while True:
+            try:
+                snapshot = self._queue.popleft()
+            except IndexError:
+                return lines
+            line = self._serialize_one(snapshot)
+            if line is not None:
+                lines.append(line)
+
+    def after_fork_child(self) -> None:
+        """Forget the parent's threads and records: they are the parent's to send."""
+        self.transport.forget_session()
+        self._reset_state()
+
+    # -- batcher thread ----------------------------------------------------
+
+    def _run_batcher(self) -> None:
+        own_activity.active = True
+        try:
+            self._batcher_loop()
+        except Exception:
+            log.exception("%s: batcher stopped unexpectedly", self._name)
+        finally:
+            with self._cond:
+                self._batcher_done = True
+                self._cond.notify_all()
+
+    def _batcher_loop(self) -> None:
+        while True:
+            self._wake.wait(self._flush_interval_s)
+            self._wake.clear()
+            with self._cond:
+                generation = self._flush_requested
+            while self._queue:
+                batch = self._take_batch()
+                if batch:
+                    self._hand_to_sender(batch)
+            with self._cond:
+                if generation > self._flushed and not any(
+                    isinstance(i, _FlushMarker) and i.generation >= generation
+                    for i in self._ready
+                ):
+                    self._ready.append(_FlushMarker(generation))
+                    self._cond.notify_all()
+            if self._closing.is_set() and not self._queue:
+                return
+
+    def _take_batch(self) -> List[bytes]:
+        lines: List[bytes] = []
+        size = 0
+        queue = self._queue
+        while queue and len(lines) < self._max_batch_records:
+            line = self._serialize_one(queue[0])
+            if line is not None and lines and size + len(line) + 1 > self._max_batch_bytes:
+                break
+            queue.popleft()
+            if line is not None:
+                lines.append(line)
+                size += len(line) + 1
+        return lines
+
+    def _serialize_one(self, snapshot: Any) -> Optional[bytes]:
+        try:
+            return self._serialize(snapshot)
+        except Exception:
+            self._counters.add("dropped.unserializable")
+            log.debug("%s: could not serialize a record", self._name, exc_info=True)
+            return None
+
+    def _hand_to_sender(self, batch: List[bytes]) -> None:
+        with self._cond:
+            while True:
+                pending = sum(isinstance(i, list) for i in self._ready)
+                if pending < _HANDOFF_BATCHES and not self.backing_off.is_set():
+                    if not self._giving_up:
+                        self._ready.append(batch)
+                        self._cond.notify_all()
+                        return
+                if self._should_spill():
+                    break
+                self._cond.wait(_WAIT_SLICE_S)
+        self._spill(batch)
+
+    def _should_spill(self) -> bool:
+        # Called with the lock held. Without a cache there is nowhere to spill:
+        # the batch waits for the sender and the queue absorbs the burst.
+        if not self._cache_ready():
+            return self._closing.is_set() and self._giving_up
+        return (
+            self.backing_off.is_set()
+            or self._giving_up
+            or self._closing.is_set()
+            or len(self._queue) > self._max_queue // 2
+        )
+
+    def _spill(self, batch: List[bytes]) -> None:
+        if self.transport.kill_window.active():
+            self._counters.add("dropped.killed", len(batch))
+            return
+        self._store(batch, reason="shutdown" if self._closing.is_set() else "spill")
+
+    # -- sender thread -----------------------------------------------------
+
+    def _run_sender(self) -> None:
+        own_activity.active = True
+        try:
+            self._cache_ready()
+            self._sender_loop()
+        except Exception:
+            log.exception("%s: sender stopped unexpectedly", self._name)
+        finally:
+            with self._cond:
+                self._flushed = self._flush_requested
+                self._cond.notify_all()
+
+    def _sender_loop(self) -> None:
+        while True:
+            item = self._next_item()
+            if item is None:
+                return
+            if isinstance(item, _FlushMarker):
+                self._finish_flush(item)
+                continue
+            if item:
+                self._send(item)
+                continue
+            if self._held and not self._interrupt.is_set():
+                self._send(self._held.popleft())
+            elif self._cache_has_work() and self._drain_one():
+                # Draining is paced so that recovery cannot cause a request storm.
+                self._interrupt.wait(self._drain_interval_s)
+
+
+    def _next_item(self) -> Optional[_Item]:
+        """The next batch or marker; an empty list means: time for other work."""
+        with self._cond:
+            while not self._ready:
+                if self._batcher_done:
+                    self._drop_held()
+                    return None
+                if self._closing.is_set():
+                    self._cond.wait(_WAIT_SLICE_S)
+                    continue
+                if (self._held and not self._interrupt.is_set()) or (
+                    self._cache_has_work()
+                ):
+                    return []
+                wait = self._flush_interval_s
+                if self._cache is not None:
+                    wait = min(wait, max(0.0, self._next_drain_at - real_monotonic()))
+                self._cond.wait(max(wait, 0.01))
+                if not self._ready:
+                    return []
+            item = self._ready.popleft()
+            if isinstance(item, list):
+                self._inflight = item
+            self._cond.notify_all()
+            return item
+
+    def _cache_has_work(self) -> bool:
+        return (
+            self._cache is not None
+            and not self._closing.is_set()
+            and real_monotonic() >= self._next_drain_at
+        )
+
+    def _drop_held(self) -> None:
+        while self._held:
+            lines = self._held.popleft()
+            self._counters.add("dropped.shutdown", len(lines))
+            self._report_loss("no disk cache at shutdown", len(lines))
+
+    def _finish_flush(self, marker: _FlushMarker) -> None:
+        with self._cond:
+            self._flushed = max(self._flushed, marker.generation)
+            if self._flushed >= self._flush_requested and not self._closing.is_set():
+                self._interrupt.clear()
+            self._cond.notify_all()
+
+    def _send(self, lines: Sequence[bytes]) -> None:
+        if self._giving_up:
+            self._settle_unsent(list(lines))
+            return
+        outcome = deliver(
+            self.transport,
+            lines,
+            sleep=self._sleep,
+            stop_event=self._interrupt,
+            max_attempts=self._max_attempts,
+            timeout_s=self._time_left,
+            on_retry=self._on_retry,
+        )
+        with self._cond:
+            self._inflight = None
+            if self._handed_over:
+                return
+        self._settle(lines, outcome)
+
+    def _settle(self, lines: Sequence[bytes], outcome: Outcome) -> None:
+        if outcome.kill is not None:
+            self._obey_kill(outcome.kill)
+        if outcome.kind == ACCEPTED:
+            self._counters.add("accepted", outcome.accepted)
+            self._count_rejected(outcome)
+            self._next_drain_at = 0.0
+            if not outcome.rejected:
+                self._loss_streak = False
+            return
+        if outcome.kind == KILLED or outcome.kill is not None:
+            self._counters.add("dropped.killed", len(lines))
+            self._report_loss("the collector ordered this tenant to stop", len(lines))
+        elif outcome.kind == REJECTED:
+            self._count_rejected(outcome)
+        elif outcome.kind == SPLIT:
+            self._split(lines)
+        elif outcome.deferred:
+            self._settle_unsent(list(lines))
+        else:
+            self._counters.add("dropped.retries_exhausted", len(lines))
+            self._report_loss(
+                f"no answer but failures after {self._max_attempts} attempts"
+                f" ({outcome.status or outcome.detail})",
+                len(lines),
+            )
+
+    def _split(self, lines: Sequence[bytes]) -> None:
+        if len(lines) == 1:
+            self._counters.add("dropped.too_large")
+            self._report_loss("the collector refused an event as too large", 1)
+            return
+        for half in split(lines):
+            self._send(half)
+
+    def _count_rejected(self, outcome: Outcome) -> None:
+        for reason, count in outcome.rejected.items():
+            self._counters.add(f"rejected.{reason}", count)
+        if outcome.rejected:
+            total = sum(outcome.rejected.values())
+            self._report_loss(
+                f"the collector rejected {total} event(s) "
+                f"(HTTP {outcome.status}, {outcome.detail or 'no Collector-Error'}, "
+                f"reasons {sorted(outcome.rejected)})",
+                total,
+            )
+
+    def _obey_kill(self, kill: Union[float, str]) -> None:
+        if kill == THIS_REQUEST_ONLY or isinstance(kill, str):
+            return
+        until = self.transport.kill_window.open(kill)
+        log.debug("%s: kill window open until %s", self._name, until)
+        cache = self._cache
+        while cache is not None:
+            claim = cache.claim()
+            if claim is None:
+                break
+            self._counters.add("dropped.killed", len(claim.lines))
+            claim.done()
+
+    def _settle_unsent(self, lines: List[bytes]) -> None:
+        """A batch that could not be sent now: to disk, or held in memory."""
+        if self.transport.kill_window.active():
+            self._counters.add("dropped.killed", len(lines))
+            return
+        if self._cache_ready():
+            self._store(lines, reason="retry")
+        elif self._closing.is_set():
+            self._counters.add("dropped.shutdown", len(lines))
+            self._report_loss("no disk cache at shutdown", len(lines))
+        elif sum(map(len, self._held)) + len(lines) <= self._max_queue:
+            self._held.append(lines)
+        else:
+            self._counters.add("dropped.queue_full", len(lines))
+            self._report_loss("the collector is unreachable and no disk cache", len(lines))
+        if self._closing.is_set():
+            # One failure at shutdown is enough: the rest goes straight to disk.
+            self._giving_up = True
+
+    def _drain_one(self) -> bool:
+        if self.transport.kill_window.active() or self._interrupt.is_set():
+            return False
+        claim = self._cache.claim()
+        if claim is None:
+            # Other processes may store batches too; look again later.
+            self._next_drain_at = real_monotonic() + _IDLE_DRAIN_CHECK_S
+            return False
+        # A stored batch gets one attempt per claim: it waits on disk, not in a
+        # retry loop, so draining stops at the first failure.
+        outcome = deliver(
+            self.transport,
+            claim.lines,
+            sleep=self._sleep,
+            stop_event=_ONE_ATTEMPT,
+            timeout_s=self._time_left,
+        )
+        if outcome.kind in (ACCEPTED, REJECTED, SPLIT, KILLED) or outcome.kill:
+            claim.done()
+            self._settle(claim.lines, outcome)
+        else:
+            self._next_drain_at = real_monotonic() + _FAILED_DRAIN_PAUSE_S
+            claim.release()
+        return True
+
+    # -- waits, storage, reports --------------------------------------------
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait between attempts: ends at *seconds* of the (freezable) clock."""
+        self.waits.append(seconds)
+        self.backing_off.set()
+        with self._cond:
+            self._cond.notify_all()
+        try:
+            end_clock = time.time() + seconds
+            end_real = real_monotonic() + seconds
+            while True:
+                if self._interrupt.is_set():
+                    raise Interrupted()
+                left = min(end_clock - time.time(), end_real - real_monotonic())
+                if left <= 0:
+                    return
+                self._interrupt.wait(min(left, _WAIT_SLICE_S))
+        finally:
+            self.backing_off.clear()
+
+    def _on_retry(self, outcome: Outcome, wait_s: float) -> None:
+        if not outcome.deferred:
+            self._counters.add("retried")
+        log.debug(
+            "%s: attempt failed (%s); next in %.1f s", self._name, outcome, wait_s
+        )
+
+    def _time_left(self) -> Optional[float]:
+        if not self._closing.is_set():
+            return None
+        return max(0.05, getattr(self, "_deadline", 0.0) - real_monotonic())
+
+    def _cache_ready(self) -> bool:
+        if not self._cache_opened:
+            self._cache_opened = True
+            try:
+                self._cache = self._open_cache()
+            except Exception:
+                log.warning("%s: disk cache unavailable", self._name, exc_info=True)
+                self._cache = None
+        return self._cache is not None
+
+    def _store(self, lines: List[bytes], *, reason: str) -> None:
+        if not lines:
+            return
+        if self._cache_ready():
+            # A refused put was already counted by the cache, with its reason.
+            if self._cache.put(lines):
+                self._counters.add("cached", len(lines))
+                self._next_drain_at = min(
+                    self._next_drain_at, real_monotonic() + _FAILED_DRAIN_PAUSE_S
+                )
+            return
+        dropped = "shutdown" if reason == "shutdown" else "no_cache"
+        self._counters.add(f"dropped.{dropped}", len(lines))
+        self._report_loss("records could not be stored on disk", len(lines))
+
+    def _report_loss(self, why: str, count: int) -> None:
+        self._counters.add("loss_reports")
+        if self._loss_streak:
+            log.debug("%s: %d record(s) lost: %s", self._name, count, why)
+            return
+        self._loss_streak = True
+        log.warning(
+            "%s: %d record(s) lost for tenant %s: %s (further losses in this "
+            "streak are logged at DEBUG)",
+            self._name,
+            count,
+            self.transport.tenant,
+            why,
+        )

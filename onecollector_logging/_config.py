@@ -1,0 +1,180 @@
+"""Coercion and validation of the handler's options.
+
+``dictConfig`` and ``fileConfig`` deliver numbers and booleans as strings; every
+option is turned into its real type here, once, at construction, and a bad value
+raises :class:`ConfigurationError` naming the option.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+from . import _schema
+from .exceptions import ConfigurationError
+
+KEY_ENV = "ONECOLLECTOR_INSTRUMENTATION_KEY"
+DISABLED_ENV = "ONECOLLECTOR_LOGGING_DISABLED"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def disabled_by_environment() -> bool:
+    """Return whether the opt-out variable turns every handler into a no-op."""
+    return os.environ.get(DISABLED_ENV, "").strip().lower() in _TRUE
+
+
+def as_bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ConfigurationError(f"{name} must be a boolean, got {value!r}")
+
+
+def as_number(
+    name: str,
+    value: object,
+    *,
+    minimum: float,
+    maximum: float = math.inf,
+    integer: bool = False,
+) -> float:
+    number: float
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = int(value.strip()) if integer else float(value.strip())
+        except ValueError:
+            raise ConfigurationError(
+                f"{name} must be {'an integer' if integer else 'a number'},"
+                f" got {value!r}"
+            ) from None
+    else:
+        raise ConfigurationError(f"{name} must be a number, got {value!r}")
+    if integer and number != int(number):
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+    if not minimum <= number <= maximum or math.isnan(number):
+        raise ConfigurationError(
+            f"{name} must be between {minimum:g} and {maximum:g}, got {value!r}"
+        )
+    return number
+
+
+def as_int(name: str, value: object, *, minimum: int, maximum: float = math.inf) -> int:
+    return int(as_number(name, value, minimum=minimum, maximum=maximum, integer=True))
+
+
+def as_choice(name: str, value: object, choices: Tuple[str, ...]) -> str:
+    if isinstance(value, str) and value.strip().lower() in choices:
+        return value.strip().lower()
+    raise ConfigurationError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def instrumentation_key(value: Optional[str]) -> Tuple[str, str]:
+    """Return the key (from *value* or the environment) and its tenant id."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        value = os.environ.get(KEY_ENV)
+        if not value or not value.strip():
+            raise ConfigurationError(
+                f"instrumentation_key is required (or set {KEY_ENV})"
+            )
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"instrumentation_key must be a string, got {type(value).__name__}"
+        )
+    key = value.strip()
+    tenant = _schema.tenant_of(key)
+    if tenant is None:
+        # The value itself is a credential: describe it, never echo it.
+        raise ConfigurationError(
+            "instrumentation_key must look like '<tenant id>-<...>' (it has no '-'"
+            " after a non-empty tenant id); note that the key must be the full"
+            " instrumentation key, not the 'o:<tenant>' form"
+        )
+    if any(c.isspace() or c == "," for c in key) or key.lower().startswith("o:"):
+        raise ConfigurationError(
+            f"instrumentation_key for tenant {tenant} contains spaces, commas or an"
+            " 'o:' prefix; give the full instrumentation key"
+        )
+    return key, tenant
+
+
+def endpoint(value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"endpoint must be a URL string, got {value!r}")
+    url = value.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"endpoint must be an http(s) URL, got {value!r}")
+    return url
+
+
+def event_name(name: str, value: object) -> str:
+    if not _schema.is_valid_event_name(value):
+        raise ConfigurationError(
+            f"{name} {value!r} is not a valid event name: 4-100 characters of"
+            " letters, digits, '_' and '.', starting with a letter, not ending"
+            " with '.' or '_', without '..'"
+        )
+    assert isinstance(value, str)
+    return value
+
+
+def mapping(name: str, value: object) -> Optional[Dict[str, Any]]:
+    """Accept a mapping, or a JSON object in a string (from an INI file)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigurationError(
+                f"{name} must be a mapping or a JSON object, got {value!r}"
+            ) from None
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{name} must be a mapping, got {value!r}")
+    return {str(k): v for k, v in value.items()}
+
+
+def event_names(value: object) -> Dict[str, str]:
+    names = mapping("event_names", value) or {}
+    for prefix, name in names.items():
+        event_name(f"event_names[{prefix!r}]", name)
+    return names
+
+
+def callable_option(name: str, value: object) -> Optional[Callable[..., Any]]:
+    """Accept a callable, or a ``module:attribute`` / ``module.attribute`` path."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        path = value.strip()
+        if path.startswith("ext://"):
+            path = path[len("ext://") :]
+        module_name, sep, attribute = path.partition(":")
+        if not sep:
+            module_name, _, attribute = path.rpartition(".")
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConfigurationError(f"{name} {value!r} cannot be imported: {exc}") from None
+        value = target
+    if not callable(value):
+        raise ConfigurationError(f"{name} must be callable, got {value!r}")
+    return value

@@ -1,0 +1,350 @@
+"""POST batches to the collector, read its answer, and the one retry policy.
+
+:class:`Transport` makes exactly one request and turns whatever happens into an
+:class:`Outcome`; it never raises. :func:`deliver` wraps it in the package's
+only retry loop, built with ``tenacity``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import threading
+import time
+import zlib
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import requests
+import tenacity
+
+from . import _directives, _schema
+from ._directives import ClockSkew, KillWindow, RetryGate
+from ._stats import Counters
+from ._version import __version__
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+TRANSIENT = "transient"
+SPLIT = "split"
+KILLED = "killed"
+
+SDK_VERSION = f"{_schema.SDK_NAME}-{__version__}"
+#: 1DS C++ SDK's backoff: 3 s doubling to 300 s, with jitter.
+BACKOFF_INITIAL_S = 3.0
+BACKOFF_MAX_S = 300.0
+#: The C++ SDK retries a record 5 times after its first attempt.
+DEFAULT_MAX_ATTEMPTS = 6
+#: Only the first bytes of an answer are read: the collector's bodies are tiny,
+#: and an unbounded read of a hostile or broken answer is a memory hazard.
+MAX_ANSWER_BYTES = 65_536
+_EXCERPT_BYTES = 200
+_TRANSIENT_STATUSES = frozenset({408, 429}) | (frozenset(range(500, 600)) - {501, 505})
+COMPRESSIONS = ("deflate", "gzip", "none")
+
+
+class Outcome:
+    """What became of one request, or of one attempt that made no request."""
+
+    __slots__ = (
+        "accepted",
+        "answer",
+        "connection_error",
+        "deferred",
+        "detail",
+        "kind",
+        "kill",
+        "rejected",
+        "retry_after",
+        "status",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        status: Optional[int] = None,
+        accepted: int = 0,
+        rejected: Optional[Dict[str, int]] = None,
+        retry_after: Optional[float] = None,
+        kill: Union[None, float, str] = None,
+        detail: str = "",
+        connection_error: bool = False,
+        deferred: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.status = status
+        self.accepted = accepted
+        self.rejected = rejected or {}
+        self.retry_after = retry_after
+        self.kill = kill
+        self.detail = detail
+        self.connection_error = connection_error
+        self.deferred = deferred
+        #: The start of the collector's answer body, for diagnostics.
+        self.answer = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"Outcome({self.kind}, status={self.status}, accepted={self.accepted},"
+            f" rejected={self.rejected})"
+        )
+
+
+def classify(
+    status: int, headers: Mapping[str, str], body: bytes, count: int
+) -> Outcome:
+    """Classify the collector's answer to a request of *count* events."""
+    answer = _parse_answer(body)
+    efi = answer.get("efi") if isinstance(answer.get("efi"), dict) else {}
+    assert isinstance(efi, dict)
+    retry_after = _directives.retry_after_seconds(headers.get("Retry-After"))
+    for reason, where in efi.items():
+        # "all" rejects the whole request whatever the status says.
+        if where == "all":
+            return Outcome(
+                REJECTED, status=status, rejected={str(reason): count}
+            )
+    if 200 <= status < 300:
+        rejected = _rejected_by_index(efi, count)
+        if not rejected and isinstance(answer.get("rej"), int) and answer["rej"] > 0:
+            rejected = {"Unspecified": min(answer["rej"], count)}
+        total = sum(rejected.values())
+        return Outcome(
+            ACCEPTED, status=status, accepted=count - total, rejected=rejected
+        )
+    if status == 413:
+        return Outcome(SPLIT, status=status)
+    if status in _TRANSIENT_STATUSES:
+        return Outcome(TRANSIENT, status=status, retry_after=retry_after)
+    reason = next(iter(efi), None) or f"HTTP{status}"
+    return Outcome(REJECTED, status=status, rejected={str(reason): count})
+
+
+def _parse_answer(body: bytes) -> Dict[str, object]:
+    if not body:
+        return {}
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def _rejected_by_index(efi: Mapping[str, object], count: int) -> Dict[str, int]:
+    seen: set[int] = set()
+    rejected: Dict[str, int] = {}
+    for reason, where in efi.items():
+        if not isinstance(where, list):
+            continue
+        indexes = {
+            i for i in where if isinstance(i, int) and 0 <= i < count and i not in seen
+        }
+        if indexes:
+            seen |= indexes
+            rejected[str(reason)] = len(indexes)
+    return rejected
+
+
+def compress(body: bytes, compression: str) -> bytes:
+    if compression == "deflate":
+        # The collector's "deflate" is raw RFC 1951 data, without a zlib header.
+        packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+        return packer.compress(body) + packer.flush()
+    if compression == "gzip":
+        return gzip.compress(body, compresslevel=6)
+    return body
+
+
+class Transport:
+    """One HTTP request per call to :meth:`post`, to one endpoint, for one key."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        instrumentation_key: str,
+        tenant: str,
+        compression: str = "deflate",
+        connect_timeout_s: float = 5.0,
+        request_timeout_s: float = 10.0,
+        kill_window: KillWindow,
+        gate: RetryGate,
+        counters: Counters,
+    ) -> None:
+        self.endpoint = endpoint
+        self.tenant = tenant
+        self._key = instrumentation_key
+        self._compression = compression
+        self._connect_timeout_s = connect_timeout_s
+        self._request_timeout_s = request_timeout_s
+        self.kill_window = kill_window
+        self.gate = gate
+        self.skew = ClockSkew()
+        self._counters = counters
+        self._session: Optional[requests.Session] = None
+
+    def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    def forget_session(self) -> None:
+        """Drop the connection pool without closing it (after a fork)."""
+        self._session = None
+
+    def post(self, lines: Sequence[bytes], *, timeout_s: Optional[float] = None) -> Outcome:
+        """Send *lines* (serialized envelopes) as one request."""
+        body = b"\n".join(lines)
+        headers = {
+            "Content-Type": _schema.CONTENT_TYPE,
+            "x-apikey": self._key,
+            "Client-Id": "NO_AUTH",
+            "sdk-version": SDK_VERSION,
+            "Upload-Time": str(int(time.time() * 1000)),
+        }
+        if self._compression != "none":
+            headers["Content-Encoding"] = self._compression
+        skew = self.skew.header()
+        if skew is not None:
+            headers["time-delta-to-apply-millis"] = skew
+        read_timeout = self._request_timeout_s
+        if timeout_s is not None:
+            read_timeout = max(0.05, min(read_timeout, timeout_s))
+        connect_timeout = min(self._connect_timeout_s, read_timeout)
+        if self._session is None:
+            self._session = requests.Session()
+        try:
+            response = self._session.post(
+                self.endpoint,
+                data=compress(body, self._compression),
+                headers=headers,
+                timeout=(connect_timeout, read_timeout),
+                allow_redirects=False,
+                stream=True,
+            )
+            try:
+                answer = response.raw.read(MAX_ANSWER_BYTES, decode_content=True)
+            finally:
+                response.close()
+        except (requests.RequestException, OSError, ValueError) as exc:
+            log.debug("request to %s failed: %s", self.endpoint, exc)
+            return Outcome(TRANSIENT, connection_error=True, detail=str(exc))
+        return self._read(response.status_code, response.headers, answer, len(lines))
+
+    def _read(
+        self, status: int, headers: Mapping[str, str], answer: bytes, count: int
+    ) -> Outcome:
+        self.skew.observe(headers)
+        outcome = classify(status, headers, answer, count)
+        outcome.kill = _directives.kill_order(headers, self._key, self.tenant)
+        error = headers.get("Collector-Error", "")
+        outcome.detail = error
+        outcome.answer = answer[:4096].decode("utf-8", "replace")
+        if outcome.kind != ACCEPTED or outcome.rejected:
+            excerpt = answer[:_EXCERPT_BYTES].decode("utf-8", "replace")
+            log.debug(
+                "collector answered %s (Collector-Error: %r) for tenant %s: %s",
+                status,
+                error,
+                self.tenant,
+                excerpt,
+            )
+        return outcome
+
+
+class Interrupted(Exception):
+    """A retry wait was cut short by flush, close or fork."""
+
+
+class _Attempts:
+    """Counts the attempts that count: answers from a server, not lost connections."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counted = 0
+
+
+def deliver(
+    transport: Transport,
+    lines: Sequence[bytes],
+    *,
+    sleep: Callable[[float], None],
+    stop_event: threading.Event,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    timeout_s: Optional[Callable[[], Optional[float]]] = None,
+    on_retry: Optional[Callable[[Outcome, float], None]] = None,
+) -> Outcome:
+    """Send *lines*, retrying transient failures; return the final outcome.
+
+    :param sleep: waits between attempts; raises :class:`Interrupted` when the
+        wait is cut short, which ends the retries with the last transient outcome.
+    :param stop_event: once set, no further attempt is started.
+    :param timeout_s: returns the time left for a request (shutdown deadline).
+    """
+    attempts = _Attempts(max_attempts)
+
+    def attempt() -> Outcome:
+        if transport.kill_window.active():
+            return Outcome(KILLED)
+        pause = transport.gate.delay()
+        if pause > 0:
+            return Outcome(TRANSIENT, deferred=True, retry_after=pause)
+        outcome = transport.post(lines, timeout_s=timeout_s() if timeout_s else None)
+        if outcome.kind == TRANSIENT and not outcome.connection_error:
+            attempts.counted += 1
+        if outcome.retry_after:
+            transport.gate.push(outcome.retry_after)
+        return outcome
+
+    def should_stop(state: tenacity.RetryCallState) -> bool:
+        return stop_event.is_set() or attempts.counted >= attempts.limit
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        if on_retry is not None and state.outcome is not None and state.next_action:
+            on_retry(state.outcome.result(), state.next_action.sleep)
+
+    def give_up(state: tenacity.RetryCallState) -> Outcome:
+        last = state.outcome.result() if state.outcome is not None else None
+        outcome = last if isinstance(last, Outcome) else Outcome(TRANSIENT)
+        # Stopped from outside: the batch was not given its chances, so it is
+        # kept (on disk) rather than counted as exhausted.
+        outcome.deferred = outcome.deferred or stop_event.is_set()
+        return outcome
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_result(lambda o: o.kind == TRANSIENT and not o.kill),
+        stop=should_stop,
+        wait=_wait,
+        sleep=sleep,
+        before_sleep=before_sleep,
+        retry_error_callback=give_up,
+        reraise=False,
+    )
+    try:
+        result: Outcome = retrying(attempt)
+    except Interrupted:
+        return Outcome(TRANSIENT, deferred=True, detail="interrupted")
+    return result
+
+
+_backoff = tenacity.wait_exponential(
+    multiplier=BACKOFF_INITIAL_S, max=BACKOFF_MAX_S
+) + tenacity.wait_random(0, BACKOFF_INITIAL_S)
+
+
+def _wait(state: tenacity.RetryCallState) -> float:
+    outcome = state.outcome.result() if state.outcome is not None else None
+    asked = outcome.retry_after if isinstance(outcome, Outcome) else None
+    if isinstance(outcome, Outcome) and outcome.deferred:
+        # Waiting for a gate another batch opened is not a failure of this batch.
+        return asked or 0.0
+    backoff = float(_backoff(state))
+    return max(backoff, asked or 0.0)
+
+
+def split(lines: Sequence[bytes]) -> List[Sequence[bytes]]:
+    middle = len(lines) // 2
+    return [lines[:middle], lines[middle:]]

@@ -1,0 +1,346 @@
+"""The :class:`OneCollectorHandler`, the face of the package."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import uuid
+import weakref
+from typing import Any, Callable, Dict, Mapping, Optional, Union
+
+from . import _cache, _config, _schema
+from ._batcher import Pipeline, own_activity, real_monotonic
+from ._directives import KillWindow, RetryGate
+from ._envelope import EnvelopeBuilder, os_identity, static_ext
+from ._record import RecordOptions, snapshot
+from ._stats import Counters
+from ._transport import COMPRESSIONS, DEFAULT_MAX_ATTEMPTS, SDK_VERSION, Transport
+
+log = logging.getLogger(__name__)
+
+#: Records of these loggers are the handler's own activity; sending them would
+#: feed the handler with itself.
+_OWN_LOGGERS = ("onecollector_logging",)
+
+#: Enough for a burst of a few seconds at full speed while the sender catches up,
+#: small enough to keep memory in the tens of MiB; beyond it records go to disk.
+DEFAULT_MAX_QUEUE_RECORDS = 20_000
+#: The 1DS JS SDK's near-real-time cadence sends within a few seconds; one
+#: second keeps short scripts' records in one or two requests.
+DEFAULT_FLUSH_INTERVAL_S = 1.0
+#: How long close() (and so the exit of the application) may wait for the
+#: network before what is left goes to the disk cache.
+DEFAULT_SHUTDOWN_TIMEOUT_S = 5.0
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+
+#: A close() this soon after a flush() is taken as one shutdown.
+_FLUSH_THEN_CLOSE_S = 0.5
+
+_handlers: "weakref.WeakSet[OneCollectorHandler]" = weakref.WeakSet()
+
+
+class OneCollectorHandler(logging.Handler):
+    """Send log records to a OneCollector endpoint as Common Schema 4.0 events.
+
+    Threading contract: :meth:`emit` runs on the application's thread; it
+    snapshots the record (formats the message, copies the extras as JSON
+    values, keeps no reference to the record) and appends it to a bounded
+    in-memory queue, without I/O and without waiting for any lock held by the
+    background threads. Two daemon threads, started with the first record,
+    serialize and send batches; when the collector is slow or unreachable they
+    write batches to a disk cache shared by every process of the application,
+    and deliver them later. Records are dropped (and counted, see
+    :meth:`stats`) only when the collector rejects them, orders the tenant to
+    stop, or when both the queue and the cache are full or unavailable.
+
+    :meth:`flush` sends what is queued, or stores it on disk, within
+    *shutdown_timeout* seconds. :meth:`close` (run at exit by
+    :func:`logging.shutdown`) does the same within *shutdown_timeout* and stops
+    the threads; it is idempotent and safe from any thread.
+
+    Every argument may be given as a string (``dictConfig``, ``fileConfig``);
+    a bad value raises :class:`~onecollector_logging.ConfigurationError`.
+
+    :param instrumentation_key: the full key; defaults to the environment
+        variable ``ONECOLLECTOR_INSTRUMENTATION_KEY``.
+    :param endpoint: the collector URL.
+    :param event_name: the event (table) name of records that name none.
+    :param level: the handler's level.
+    :param event_names: logger-name prefix to event name, longest prefix wins.
+    :param flush_interval_s: the longest a record waits to be batched.
+    :param max_batch_records: events per request (at most 500).
+    :param max_queue_records: records held in memory before spilling to disk.
+    :param shutdown_timeout: seconds that :meth:`close` and :meth:`flush` may take.
+    :param request_timeout_s: seconds to wait for one answer of the collector.
+    :param max_attempts: attempts per batch answered with a transient failure.
+    :param compression: ``deflate`` (raw), ``gzip`` or ``none``.
+    :param cache: whether to keep unsent records on disk.
+    :param cache_dir: the cache root (a per-user cache directory by default).
+    :param cache_max_bytes: the bound of the cache partition in bytes.
+    :param cache_max_age_s: cached records older than this are dropped.
+    :param app: ``ext.app`` fields (``name``, ``ver``, ``env``, ...).
+    :param cloud: ``ext.cloud`` fields (``role``, ``roleInstance``, ...).
+    :param device_local_id: ``ext.device.localId`` in ``<scope>:<id>`` form.
+    :param user_local_id: ``ext.user.localId`` in ``<scope>:<id>`` form.
+    :param ext: further Common Schema ``ext`` fields, checked against the schema.
+    :param code_location: send ``code.filepath``, ``code.lineno``,
+        ``code.function`` (off by default: paths can identify people).
+    :param redact: a callable (or its import path) that receives each event's
+        ``data`` and returns it, changed, or None to drop the event.
+    """
+
+    def __init__(
+        self,
+        instrumentation_key: Optional[str] = None,
+        endpoint: str = _schema.DEFAULT_ENDPOINT,
+        event_name: str = "Python.Log",
+        level: Union[int, str] = logging.NOTSET,
+        *,
+        event_names: Union[None, str, Mapping[str, str]] = None,
+        flush_interval_s: Union[float, str] = DEFAULT_FLUSH_INTERVAL_S,
+        max_batch_records: Union[int, str] = _schema.MAX_EVENTS_PER_REQUEST,
+        max_queue_records: Union[int, str] = DEFAULT_MAX_QUEUE_RECORDS,
+        shutdown_timeout: Union[float, str] = DEFAULT_SHUTDOWN_TIMEOUT_S,
+        request_timeout_s: Union[float, str] = DEFAULT_REQUEST_TIMEOUT_S,
+        max_attempts: Union[int, str] = DEFAULT_MAX_ATTEMPTS,
+        compression: str = "deflate",
+        cache: Union[bool, str] = True,
+        cache_dir: Optional[str] = None,
+        cache_max_bytes: Union[int, str] = _cache.DEFAULT_CACHE_MAX_BYTES,
+        cache_max_age_s: Union[float, str] = _cache.DEFAULT_CACHE_MAX_AGE_S,
+        app: Union[None, str, Mapping[str, Any]] = None,
+        cloud: Union[None, str, Mapping[str, Any]] = None,
+        device_local_id: Optional[str] = None,
+        user_local_id: Optional[str] = None,
+        ext: Union[None, str, Mapping[str, Mapping[str, Any]]] = None,
+        code_location: Union[bool, str] = False,
+        redact: Union[None, str, Callable[[Dict[str, Any]], Any]] = None,
+    ) -> None:
+        if isinstance(level, str) and level.strip().lstrip("-").isdigit():
+            level = int(level)
+        try:
+            super().__init__(level)
+        except (TypeError, ValueError) as exc:
+            raise _config.ConfigurationError(f"level: {exc}") from None
+        self.disabled_by_environment = _config.disabled_by_environment()
+        self._closed = False
+        self._after_close_reported = False
+        # logging.shutdown() calls flush() before close() on Python < 3.12 (and
+        # on later versions unless this is False); close() flushes itself.
+        self.flushOnClose = False
+        self._flush_started = self._flush_ended = -1e9
+        self.counters = Counters()
+        if self.disabled_by_environment and not (
+            instrumentation_key or os.environ.get(_config.KEY_ENV)
+        ):
+            key, tenant = "", "disabled"
+        else:
+            key, tenant = _config.instrumentation_key(instrumentation_key)
+        self.tenant = tenant
+        self.endpoint = _config.endpoint(endpoint)
+        self.event_name = _config.event_name("event_name", event_name)
+        self.shutdown_timeout = _config.as_number(
+            "shutdown_timeout", shutdown_timeout, minimum=0, maximum=3600
+        )
+        extensions = static_ext(
+            app=_config.mapping("app", app),
+            cloud=_config.mapping("cloud", cloud),
+            device_local_id=device_local_id or None,
+            user_local_id=user_local_id or None,
+            ext=_config.mapping("ext", ext),
+        )
+        self._record_options = RecordOptions(
+            event_name=self.event_name,
+            event_names=_config.event_names(event_names),
+            code_location=_config.as_bool("code_location", code_location),
+            redact=_config.callable_option("redact", redact),
+            counters=self.counters,
+        )
+        self._settings = dict(
+            key=key,
+            extensions=extensions,
+            flush_interval_s=_config.as_number(
+                "flush_interval_s", flush_interval_s, minimum=0.01, maximum=3600
+            ),
+            max_batch_records=_config.as_int(
+                "max_batch_records",
+                max_batch_records,
+                minimum=1,
+                maximum=_schema.MAX_EVENTS_PER_REQUEST,
+            ),
+            max_queue_records=_config.as_int(
+                "max_queue_records", max_queue_records, minimum=1
+            ),
+            request_timeout_s=_config.as_number(
+                "request_timeout_s", request_timeout_s, minimum=0.1, maximum=600
+            ),
+            max_attempts=_config.as_int("max_attempts", max_attempts, minimum=1),
+            compression=_config.as_choice("compression", compression, COMPRESSIONS),
+            cache=_config.as_bool("cache", cache),
+            cache_dir=cache_dir or None,
+            cache_max_bytes=_config.as_int(
+                "cache_max_bytes", cache_max_bytes, minimum=4096
+            ),
+            cache_max_age_s=_config.as_number(
+                "cache_max_age_s", cache_max_age_s, minimum=1
+            ),
+        )
+        self._pipeline: Optional[Pipeline] = None
+        if not self.disabled_by_environment:
+            self._pipeline = self._build_pipeline()
+            _handlers.add(self)
+
+    def _build_pipeline(self) -> Pipeline:
+        settings = self._settings
+        self._epoch = str(uuid.uuid4())
+        self._seq = itertools.count(1)
+        os_name, os_ver = os_identity()
+        builder = EnvelopeBuilder(
+            tenant=self.tenant,
+            epoch=self._epoch,
+            sdk_version=SDK_VERSION,
+            ext=settings["extensions"],
+            os_name=os_name,
+            os_ver=os_ver,
+        )
+        transport = Transport(
+            endpoint=self.endpoint,
+            instrumentation_key=settings["key"],
+            tenant=self.tenant,
+            compression=settings["compression"],
+            request_timeout_s=settings["request_timeout_s"],
+            kill_window=KillWindow(),
+            gate=RetryGate(),
+            counters=self.counters,
+        )
+        return Pipeline(
+            serialize=builder.serialize,
+            transport=transport,
+            open_cache=self._open_cache,
+            counters=self.counters,
+            max_queue_records=settings["max_queue_records"],
+            max_batch_records=settings["max_batch_records"],
+            flush_interval_s=settings["flush_interval_s"],
+            max_attempts=settings["max_attempts"],
+            name=f"onecollector[{self.tenant}]",
+        )
+
+    def _open_cache(self) -> Optional[_cache.DiskCache]:
+        settings = self._settings
+        if not settings["cache"]:
+            return None
+        cache = _cache.DiskCache.open(
+            settings["cache_dir"],
+            self.tenant,
+            max_bytes=settings["cache_max_bytes"],
+            max_age_s=settings["cache_max_age_s"],
+            counters=self.counters,
+        )
+        if cache is not None and self._pipeline is not None:
+            self._pipeline.transport.kill_window.attach(
+                cache.kill_until, cache.set_kill_until
+            )
+        return cache
+
+    # -- logging.Handler ----------------------------------------------------
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        # emit() is thread-safe on its own; the handler lock that the base
+        # class takes around it would only serialize the application's threads.
+        result = self.filter(record)
+        if isinstance(result, logging.LogRecord):
+            record = result
+        if result:
+            self.emit(record)
+        return result
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue *record* for sending; never blocks, never raises."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            return
+        try:
+            if getattr(own_activity, "active", False) or record.name.startswith(
+                _OWN_LOGGERS
+            ):
+                return
+            if self._closed:
+                self._emit_after_close()
+                return
+            snap = snapshot(record, self._record_options, next(self._seq))
+            if snap is not None:
+                pipeline.put(snap)
+        except Exception:
+            self.handleError(record)
+
+    def _emit_after_close(self) -> None:
+        self.counters.add("dropped.after_close")
+        if not self._after_close_reported:
+            self._after_close_reported = True
+            log.warning(
+                "a record was logged to the closed OneCollector handler of tenant"
+                " %s and dropped (counted as dropped.after_close)",
+                self.tenant,
+            )
+
+    def flush(self) -> None:
+        """Send what is queued (or store it on disk) within *shutdown_timeout*."""
+        if self._pipeline is None or self._closed:
+            return
+        self._flush_started = real_monotonic()
+        try:
+            self._pipeline.flush(self.shutdown_timeout)
+        finally:
+            self._flush_ended = real_monotonic()
+
+    def close(self) -> None:
+        """Send or store what is left within *shutdown_timeout*; idempotent."""
+        if self._closed:
+            super().close()
+            return
+        self._closed = True
+        try:
+            if self._pipeline is not None:
+                # A flush() just before close() (as logging.shutdown() does on
+                # older Pythons) shares the one shutdown budget.
+                now = real_monotonic()
+                start = now
+                if now - self._flush_ended < _FLUSH_THEN_CLOSE_S:
+                    start = self._flush_started
+                remaining = start + self.shutdown_timeout - now
+                self._pipeline.close(max(0.0, remaining))
+        finally:
+            _handlers.discard(self)
+            super().close()
+
+    def stats(self) -> Dict[str, Any]:
+        """A snapshot of the counters: accepted, rejected by reason, dropped by
+        reason, retried, cached, and the records still queued."""
+        result = self.counters.snapshot()
+        result["queued"] = self._pipeline.queued() if self._pipeline else 0
+        return result
+
+    def __repr__(self) -> str:
+        level = logging.getLevelName(self.level)
+        return f"<{type(self).__name__} tenant={self.tenant} ({level})>"
+
+    # -- fork --------------------------------------------------------------
+
+    def _after_fork_child(self) -> None:
+        self.counters = Counters()
+        self._record_options.counters = self.counters
+        if self._pipeline is not None and not self._closed:
+            self._pipeline = self._build_pipeline()
+
+
+def _reinit_after_fork() -> None:
+    for handler in list(_handlers):
+        try:
+            handler._after_fork_child()
+        except Exception:
+            log.debug("could not reset a handler after fork", exc_info=True)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -1,0 +1,319 @@
+"""How the handler obeys the collector: retries, kill windows, Retry-After, skew."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Tuple
+
+import pytest
+from freezegun import freeze_time
+
+from onecollector_logging import OneCollectorHandler
+from onecollector_logging._batcher import Pipeline
+from onecollector_logging._cache import DiskCache
+from onecollector_logging._transport import Interrupted
+from onecollector_logging.testing import Answer, LocalCollector
+from support import KEY, OTHER_TENANT, TENANT, isolated_logger, messages
+
+Make = Callable[..., OneCollectorHandler]
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tuple[Any, List[float]]]:
+    """A frozen clock; every backoff wait is recorded and moves it instead of
+    sleeping."""
+    waits: List[float] = []
+    with freeze_time("2026-12-03 10:00:00") as frozen:
+
+        def sleep(self: Pipeline, seconds: float) -> None:
+            if self._interrupt.is_set():
+                raise Interrupted()
+            waits.append(seconds)
+            frozen.tick(seconds)
+
+        monkeypatch.setattr(Pipeline, "_sleep", sleep)
+        yield frozen, waits
+
+
+@pytest.fixture
+def make(make_handler: Make) -> Make:
+    def build(**options: Any) -> OneCollectorHandler:
+        options.setdefault("flush_interval_s", 0.05)
+        return make_handler(**options)
+
+    return build
+
+
+def _cached_batches(tmp_path: Path) -> int:
+    cache = DiskCache.open(str(tmp_path / "cache"), TENANT)
+    assert cache is not None
+    return int(cache.stats()["batches"])  # type: ignore[call-overload]
+
+
+def test_two_503_then_200_arrive_once_after_two_recorded_retries(
+    onecollector: LocalCollector, make: Make, clock: Any
+) -> None:
+    _, waits = clock
+    onecollector.script(Answer(503), Answer(503))
+    handler = make()
+    logger = isolated_logger("app.retry", handler)
+
+    logger.info("persistent")
+
+    assert onecollector.wait_for_events(1)
+    assert len(onecollector.requests) == 3
+    assert messages(onecollector.events) == ["persistent"]
+    assert handler.stats()["retried"] == 2
+    assert len(waits) == 2 and 3 <= waits[0] <= 6 and 6 <= waits[1] <= 9
+
+
+def test_retry_after_is_honoured_on_the_frozen_clock(
+    onecollector: LocalCollector, make: Make, clock: Any
+) -> None:
+    _, waits = clock
+    onecollector.script(Answer(429, headers={"Retry-After": "7"}))
+    logger = isolated_logger("app.throttled", make())
+
+    logger.info("later")
+
+    assert onecollector.wait_for_events(1)
+    first, second = onecollector.requests
+    gap_ms = int(second.headers["Upload-Time"]) - int(first.headers["Upload-Time"])
+    assert gap_ms >= 7000
+    assert waits and waits[0] >= 7
+
+
+@pytest.mark.parametrize(
+    "token_form", ["o:{tenant}:all", "{key}", "{key}:all", "{tenant}"]
+)
+def test_kill_order_silences_the_tenant_until_the_window_ends(
+    onecollector: LocalCollector, make: Make, clock: Any, tmp_path: Path, token_form: str
+) -> None:
+    frozen, _ = clock
+    onecollector.script(Answer(401))
+    onecollector.kill(TENANT, 60, token_form=token_form)
+    handler = make()
+    logger = isolated_logger("app.killed", handler)
+    logger.info("ordered to stop")
+    handler.flush()
+    assert onecollector.wait_for_requests(1)
+
+    for i in range(100):
+        logger.info("during the window %d", i)
+    handler.flush()
+    frozen.tick(59)
+    logger.info("still in the window")
+    handler.flush()
+
+    assert len(onecollector.requests) == 1
+    assert handler.stats()["dropped"]["killed"] == 102
+    assert _cached_batches(tmp_path) == 0
+    frozen.tick(2)
+    logger.info("after the window")
+    handler.flush()
+    assert onecollector.wait_for_events(1)
+    assert messages(onecollector.events) == ["after the window"]
+
+
+@pytest.mark.parametrize(
+    ("tenant", "duration"), [(OTHER_TENANT, "60"), (TENANT, "abc"), (TENANT, "0")]
+)
+def test_kill_orders_for_others_or_without_a_duration_are_ignored(
+    onecollector: LocalCollector, make: Make, clock: Any, tenant: str, duration: str
+) -> None:
+    onecollector.script(
+        Answer(
+            503,
+            headers={"kill-tokens": f"o:{tenant}:all", "kill-duration": duration},
+        )
+    )
+    handler = make()
+    logger = isolated_logger("app.notkilled", handler)
+
+    logger.info("still sent")
+
+    assert onecollector.wait_for_events(1)
+    assert "killed" not in handler.stats().get("dropped", {})
+
+
+def test_kill_on_a_success_answer_is_honoured(
+    onecollector: LocalCollector, make: Make, clock: Any
+) -> None:
+    onecollector.kill(TENANT, 60)
+    handler = make()
+    logger = isolated_logger("app.killok", handler)
+    logger.info("accepted, then stop")
+    handler.flush()
+    assert onecollector.wait_for_events(1)
+
+    logger.info("dropped")
+    handler.flush()
+
+    assert len(onecollector.requests) == 1
+    assert handler.stats()["accepted"] == 1
+    assert handler.stats()["dropped"]["killed"] == 1
+
+
+def test_this_request_only_drops_the_batch_but_not_the_next(
+    onecollector: LocalCollector, make: Make, clock: Any
+) -> None:
+    onecollector.script(Answer(503))
+    onecollector.kill(TENANT, this_request_only=True)
+    handler = make()
+    logger = isolated_logger("app.once", handler)
+    logger.info("dropped once")
+    handler.flush()
+    assert onecollector.wait_for_requests(1)
+
+    logger.info("sent")
+    handler.flush()
+
+    assert onecollector.wait_for_events(1)
+    assert messages(onecollector.events) == ["sent"]
+    assert handler.stats()["dropped"]["killed"] == 1
+
+
+def test_whole_request_rejection_is_dropped_once_with_one_warning(
+    onecollector: LocalCollector,
+    make: Make,
+    clock: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rejection = Answer(
+        400,
+        headers={"Collector-Error": "All events rejected due to parsing failure."},
+        body={"acc": 0, "efi": {"InvalidEventFormat": "all"}},
+    )
+    onecollector.script(rejection, rejection)
+    handler = make(flush_interval_s=30)
+    logger = isolated_logger("app.poison", handler)
+
+    with caplog.at_level(logging.DEBUG, logger="onecollector_logging"):
+        for i in range(5):
+            logger.info("poison %d", i)
+        handler.flush()
+        logger.info("poison again")
+        handler.flush()
+
+    assert len(onecollector.requests) == 2
+    assert handler.stats()["rejected"]["InvalidEventFormat"] == 6
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "InvalidEventFormat" in warnings[0].getMessage()
+    assert KEY not in caplog.text and TENANT in warnings[0].getMessage()
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("400" in m and "parsing failure" in m for m in debug)
+
+
+def test_partial_rejection_counts_both_sides(
+    onecollector: LocalCollector, make: Make, clock: Any
+) -> None:
+    onecollector.script(
+        Answer(200, body={"acc": 8, "rej": 2, "efi": {"EventLevelThrottling": [3, 7]}})
+    )
+    handler = make(flush_interval_s=30)
+    logger = isolated_logger("app.partial", handler)
+
+    for i in range(10):
+        logger.info("n%d", i)
+    handler.flush()
+
+    stats = handler.stats()
+    assert stats["accepted"] == 8
+    assert stats["rejected"] == {"EventLevelThrottling": 2}
+    assert len(onecollector.events) == 8
+
+
+def test_too_large_batches_are_halved_and_a_lone_event_dropped(
+    onecollector: LocalCollector, make: Make, clock: Any
+) -> None:
+    onecollector.script(Answer(413))
+    handler = make(flush_interval_s=30)
+    logger = isolated_logger("app.split", handler)
+    for i in range(100):
+        logger.info("n%d", i)
+    handler.flush()
+    assert onecollector.wait_for_events(100)
+    assert [len(r.events) for r in onecollector.requests] == [100, 50, 50]
+
+    onecollector.script(Answer(413))
+    logger.info("alone")
+    handler.flush()
+
+    assert handler.stats()["dropped"]["too_large"] == 1
+    assert len(onecollector.events) == 100
+
+
+def test_connection_resets_back_off_and_everything_arrives_after(
+    onecollector: LocalCollector, make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: List[float] = []
+    with freeze_time("2026-12-03 10:00:00") as frozen:
+        onecollector.script_always(Answer(reset=True))
+
+        def sleep(self: Pipeline, seconds: float) -> None:
+            waits.append(seconds)
+            frozen.tick(seconds)
+            if sum(waits) >= 30:
+                onecollector.script_always(None)
+
+        monkeypatch.setattr(Pipeline, "_sleep", sleep)
+        handler = make(max_attempts=2)
+        logger = isolated_logger("app.resets", handler)
+
+        for i in range(20):
+            logger.info("n%d", i)
+
+        assert onecollector.wait_for_events(20)
+    assert waits == sorted(waits)
+    assert waits[0] >= 3 and len(waits) <= 4
+    assert len(onecollector.requests) == len(waits) + 1
+    assert "dropped" not in handler.stats()
+
+
+def test_clock_skew_handshake(onecollector: LocalCollector, make: Make) -> None:
+    onecollector.time_delta_millis = 250
+    handler = make()
+    logger = isolated_logger("app.skew", handler)
+
+    logger.info("first")
+    handler.flush()
+    logger.info("second")
+    handler.flush()
+
+    assert onecollector.wait_for_events(2)
+    headers = [r.headers.get("time-delta-to-apply-millis") for r in onecollector.requests]
+    assert headers == ["use-collector-delta", "250"]
+
+
+def test_clock_skew_header_stops_when_the_collector_gives_no_delta(
+    onecollector: LocalCollector, make: Make
+) -> None:
+    onecollector.time_delta_millis = None
+    handler = make()
+    logger = isolated_logger("app.noskew", handler)
+
+    logger.info("first")
+    handler.flush()
+    logger.info("second")
+    handler.flush()
+
+    assert onecollector.wait_for_events(2)
+    headers = [r.headers.get("time-delta-to-apply-millis") for r in onecollector.requests]
+    assert headers == ["use-collector-delta", None]
+
+
+def test_exhausted_attempts_drop_the_batch_with_a_count(
+    onecollector: LocalCollector, make: Make, clock: Any
+) -> None:
+    onecollector.script(Answer(503), Answer(503), Answer(503))
+    handler = make(max_attempts=3, cache=False)
+    logger = isolated_logger("app.exhausted", handler)
+
+    logger.info("lost")
+    assert onecollector.wait_for_requests(3)
+    handler.flush()
+
+    assert handler.stats()["dropped"]["retries_exhausted"] == 1
+    assert handler.stats()["retried"] == 2

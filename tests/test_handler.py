@@ -1,0 +1,381 @@
+"""The walking skeleton: records logged by an application reach a collector."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import logging.config
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from onecollector_logging import ConfigurationError, OneCollectorHandler
+from onecollector_logging.testing import Answer, LocalCollector
+from support import KEY, TENANT, isolated_logger, messages
+
+Make = Callable[..., OneCollectorHandler]
+
+
+def _dict_config(endpoint: str, cache_dir: Path, **options: Any) -> dict:
+    handler = {
+        "class": "onecollector_logging.OneCollectorHandler",
+        "instrumentation_key": KEY,
+        "endpoint": endpoint,
+        "cache_dir": str(cache_dir),
+        "flush_interval_s": "0.2",
+        "max_batch_records": "100",
+        **options,
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"oc": handler},
+        "loggers": {"app": {"level": "DEBUG", "handlers": ["oc"], "propagate": False}},
+    }
+
+
+def _close_app_handlers() -> None:
+    for handler in list(logging.getLogger("app").handlers):
+        handler.close()
+        logging.getLogger("app").removeHandler(handler)
+
+
+def test_records_from_four_threads_arrive_once_with_gapless_seq(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    logging.config.dictConfig(_dict_config(onecollector.endpoint, tmp_path))
+    logger = logging.getLogger("app")
+
+    def work(worker: int) -> None:
+        for i in range(250):
+            logger.info("worker %d record %d", worker, i)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    logger.handlers[0].flush()
+    try:
+        assert onecollector.wait_for_events(1000, timeout=30)
+        events = onecollector.events
+        seqs = sorted(e["ext"]["sdk"]["seq"] for e in events)
+        assert seqs == list(range(1, 1001))
+        assert len({e["ext"]["sdk"]["epoch"] for e in events}) == 1
+        assert len(set(messages(events))) == 1000
+        assert all(r.status == 200 and r.problem is None for r in onecollector.requests)
+    finally:
+        _close_app_handlers()
+
+
+def test_full_key_only_in_the_header_and_ikey_is_the_tenant(
+    onecollector: LocalCollector, make: Make
+) -> None:
+    logger = isolated_logger("app.keys", make())
+
+    for i in range(20):
+        logger.warning("event %d", i)
+    logger.handlers[0].flush()
+
+    assert onecollector.wait_for_events(20)
+    for request in onecollector.requests:
+        assert request.headers["x-apikey"] == KEY
+        assert KEY not in request.text
+        assert TENANT in request.text
+        assert request.headers["Content-Encoding"] == "deflate"
+        assert request.headers["Client-Id"] == "NO_AUTH"
+        assert request.headers["sdk-version"].startswith("onecollector-logging-py-")
+    assert {e["iKey"] for e in onecollector.events} == {f"o:{TENANT}"}
+
+
+@pytest.fixture
+def make(make_handler: Make) -> Make:
+    def build(**options: Any) -> OneCollectorHandler:
+        options.setdefault("flush_interval_s", 0.05)
+        return make_handler(**options)
+
+    return build
+
+
+def test_an_envelope_has_the_documented_shape(
+    onecollector: LocalCollector, make: Make
+) -> None:
+    logger = isolated_logger("app.shape", make(app={"name": "shop", "ver": "1.2"}))
+
+    logger.warning("stock low: %d left", 3, extra={"sku": "X-1"})
+    logger.handlers[0].flush()
+
+    assert onecollector.wait_for_events(1)
+    event = onecollector.events[0]
+    assert event["ver"] == "4.0"
+    assert event["name"] == "Python.Log"
+    assert event["time"].endswith("Z") and len(event["time"]) == 24
+    data = event["data"]
+    assert data["body"] == "stock low: %d left"
+    assert data["formattedMessage"] == "stock low: 3 left"
+    assert (data["severityText"], data["severityNumber"]) == ("WARNING", 13)
+    assert data["logger"] == "app.shape"
+    assert data["sku"] == "X-1"
+    assert set(event["ext"]) == {"sdk", "os", "app"}
+    assert set(event["ext"]["sdk"]) == {"ver", "epoch", "seq"}
+    assert event["ext"]["sdk"]["ver"] == onecollector.requests[0].headers["sdk-version"]
+    assert event["ext"]["app"] == {"name": "shop", "ver": "1.2"}
+
+
+@pytest.mark.parametrize(
+    ("level", "number"),
+    [("debug", 5), ("info", 9), ("warning", 13), ("error", 17), ("critical", 21)],
+)
+def test_severity_numbers(
+    onecollector: LocalCollector, make: Make, level: str, number: int
+) -> None:
+    logger = isolated_logger("app.levels", make())
+
+    getattr(logger, level)("message")
+    logger.handlers[0].flush()
+
+    assert onecollector.wait_for_events(1)
+    assert onecollector.events[0]["data"]["severityNumber"] == number
+
+
+def test_exceptions_and_per_record_event_names(
+    onecollector: LocalCollector, make: Make
+) -> None:
+    logger = isolated_logger("app.errors", make())
+
+    try:
+        raise KeyError("quantity")
+    except KeyError:
+        logger.exception("pricing failed")
+    logger.info("shipped", extra={"event_name": "Contoso.App.OrderShipped"})
+    logger.handlers[0].flush()
+
+    assert onecollector.wait_for_events(2)
+    failed, shipped = onecollector.events
+    assert failed["data"]["exceptionType"] == "KeyError"
+    assert failed["data"]["exceptionMessage"] == "'quantity'"
+    assert "raise KeyError" in failed["data"]["exceptionStack"]
+    assert shipped["name"] == "Contoso.App.OrderShipped"
+    assert "event_name" not in shipped["data"]
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_awkward_extras_cost_nothing_to_the_record_or_its_neighbours(
+    onecollector: LocalCollector, make: Make
+) -> None:
+    logger = isolated_logger("app.values", make())
+    when = dt.datetime(2026, 12, 3, 10, 11, 12, 345678, tzinfo=dt.timezone.utc)
+
+    logger.info("before")
+    logger.info(
+        "odd",
+        extra={
+            "obj": _Unprintable(),
+            "when": when,
+            "raw": b"\x00\xff",
+            "nan": float("nan"),
+            "six": 6.0,
+        },
+    )
+    logger.info("after")
+    logger.handlers[0].flush()
+
+    assert onecollector.wait_for_events(3)
+    assert messages(onecollector.events) == ["before", "odd", "after"]
+    data = onecollector.events[1]["data"]
+    assert data["when"].startswith("2026-12-03T10:11:12")
+    assert data["raw"] == "AP8="
+    assert data["nan"] == "NaN"
+    assert isinstance(data["six"], float) and b'"six":6.0' in (
+        onecollector.requests[0].text.encode()
+    )
+    assert isinstance(data["obj"], str)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"instrumentation_key": "0123456789abcdef"}, "instrumentation_key"),
+        ({"instrumentation_key": "-abc"}, "instrumentation_key"),
+        ({"event_name": "bad name!"}, "event_name"),
+        ({"event_name": "abc"}, "event_name"),
+        ({"flush_interval_s": "soon"}, "flush_interval_s"),
+        ({"max_batch_records": "501"}, "max_batch_records"),
+        ({"max_queue_records": "0"}, "max_queue_records"),
+        ({"shutdown_timeout": "-1"}, "shutdown_timeout"),
+        ({"compression": "brotli"}, "compression"),
+        ({"cache": "perhaps"}, "cache"),
+        ({"endpoint": "ftp://example.com"}, "endpoint"),
+        ({"event_names": {"app": "x"}}, "event_names"),
+        ({"redact": "no.such.module:function"}, "redact"),
+    ],
+)
+def test_bad_options_fail_at_construction_naming_the_option(
+    options: dict, named: str
+) -> None:
+    options.setdefault("instrumentation_key", KEY)
+
+    with pytest.raises(ConfigurationError, match=named) as caught:
+        OneCollectorHandler(**options)
+
+    assert isinstance(caught.value, ValueError)
+
+
+def test_a_bad_key_is_described_without_being_echoed() -> None:
+    secret = "0123456789abcdef0123456789abcdefNOHYPHEN"
+
+    with pytest.raises(ConfigurationError) as caught:
+        OneCollectorHandler(secret)
+
+    assert secret not in str(caught.value)
+
+
+def test_string_options_from_dict_config_are_coerced(tmp_path: Path) -> None:
+    handler = OneCollectorHandler(
+        KEY,
+        flush_interval_s="2.5",
+        max_queue_records="100",
+        shutdown_timeout="3",
+        cache="false",
+        code_location="yes",
+        level="WARNING",
+        cache_dir=str(tmp_path),
+    )
+    try:
+        assert handler.shutdown_timeout == 3.0
+        assert handler.level == logging.WARNING
+    finally:
+        handler.close()
+
+
+def test_the_key_can_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ONECOLLECTOR_INSTRUMENTATION_KEY", KEY)
+    handler = OneCollectorHandler(endpoint=onecollector.endpoint, cache_dir=str(tmp_path))
+    logger = isolated_logger("app.env", handler)
+
+    logger.info("from env")
+    handler.close()
+
+    assert onecollector.wait_for_events(1)
+    assert onecollector.requests[0].headers["x-apikey"] == KEY
+
+
+def test_missing_key_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ONECOLLECTOR_INSTRUMENTATION_KEY", raising=False)
+
+    with pytest.raises(ConfigurationError, match="ONECOLLECTOR_INSTRUMENTATION_KEY"):
+        OneCollectorHandler()
+
+
+def test_file_config_ini_builds_a_working_handler(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    ini = tmp_path / "logging.ini"
+    ini.write_text(
+        textwrap.dedent(
+            f"""\
+            [loggers]
+            keys=root,app
+
+            [handlers]
+            keys=oc
+
+            [formatters]
+            keys=
+
+            [logger_root]
+            handlers=
+
+            [logger_app]
+            level=INFO
+            handlers=oc
+            qualname=app
+            propagate=0
+
+            [handler_oc]
+            class=onecollector_logging.OneCollectorHandler
+            level=INFO
+            args=()
+            kwargs={{"instrumentation_key": "{KEY}", "endpoint": "{onecollector.endpoint}", "cache_dir": r"{tmp_path / 'c'}", "flush_interval_s": "0.1"}}
+            """  # noqa: E501
+        )
+    )
+    logging.config.fileConfig(ini, disable_existing_loggers=False)
+    try:
+        logging.getLogger("app").info("from an INI file")
+        logging.getLogger("app").handlers[0].flush()
+
+        assert onecollector.wait_for_events(1)
+        assert messages(onecollector.events) == ["from an INI file"]
+    finally:
+        _close_app_handlers()
+
+
+def test_close_twice_then_flush_returns_at_once(make: Make) -> None:
+    handler = make()
+    isolated_logger("app.close", handler).info("one")
+
+    handler.close()
+    started = time.monotonic()
+    handler.close()
+    handler.flush()
+
+    assert time.monotonic() - started < 0.5
+
+
+def test_shutdown_with_a_collector_that_never_answers_is_bounded(
+    onecollector: LocalCollector, make: Make
+) -> None:
+    onecollector.script_always(Answer(hang=True))
+    handler = make(shutdown_timeout=1.0)
+    logger = isolated_logger("app.hang", handler)
+    logger.info("into the void")
+    assert onecollector.wait_for_requests(1)
+
+    started = time.monotonic()
+    logging.shutdown([__import__("weakref").ref(handler)])
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1.0 + 1.0
+    assert handler.stats()["cached"] == 1
+
+
+def test_records_after_close_are_counted_not_lost_silently(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = make()
+    logger = isolated_logger("app.late", handler)
+    handler.close()
+
+    with caplog.at_level(logging.WARNING, logger="onecollector_logging"):
+        logger.info("late 1")
+        logger.info("late 2")
+
+    assert handler.stats()["dropped"]["after_close"] == 2
+    assert len([r for r in caplog.records if "closed" in r.getMessage()]) == 1
+
+
+def test_stats_count_accepted_records(onecollector: LocalCollector, make: Make) -> None:
+    handler = make()
+    logger = isolated_logger("app.stats", handler)
+
+    for i in range(7):
+        logger.info("n%d", i)
+    handler.flush()
+
+    assert onecollector.wait_for_events(7)
+    assert handler.stats()["accepted"] == 7
+    assert all(r.status == 200 for r in onecollector.requests)
