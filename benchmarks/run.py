@@ -61,7 +61,7 @@ def plan(quick: bool, repeat: int) -> List[Scenario]:
         ),
         _scenario(
             "azure",
-            "Azure Monitor exporter (OTel LoggingHandler)",
+            "Azure Monitor exporter via OTel",
             "azure",
             burst,
             deadline_s=compare_deadline,
@@ -82,7 +82,7 @@ def plan(quick: bool, repeat: int) -> List[Scenario]:
         scenarios.append(
             _scenario(
                 "onecollector-json",
-                "OneCollectorHandler, orjson hidden",
+                "OneCollectorHandler",
                 "onecollector",
                 burst,
                 deadline_s=120.0,
@@ -186,9 +186,9 @@ def dead_port() -> Iterator[int]:
 
 
 def sink_call(port: int, path: str, method: str = "GET") -> Dict[str, Any]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", method=method, data=b"" if method == "POST" else None
-    )
+    data = b"" if method == "POST" else None
+    url = f"http://127.0.0.1:{port}{path}"
+    request = urllib.request.Request(url, method=method, data=data)
     with urllib.request.urlopen(request, timeout=30) as answer:
         result: Dict[str, Any] = json.loads(answer.read() or b"{}")
         return result
@@ -255,13 +255,17 @@ def derive(raw: Dict[str, Any]) -> Dict[str, Any]:
     delivered = raw.get("delivered")
     handled = n if delivered is None else delivered
     elapsed = raw["done_at"] - raw["start_at"]
+    # With the collector down nothing flows end to end.
+    flowing = not raw.get("down")
     derived = {
         "caller_us": raw["caller_s"] / n * 1e6,
         "caller_cpu_us": raw["caller_cpu_s"] / n * 1e6,
         "cpu_us_per_delivered": raw["cpu_s"] / handled * 1e6 if handled else None,
         "delivered_fraction": None if delivered is None else delivered / n,
         "e2e_s": elapsed,
-        "records_per_s": handled / elapsed if handled and elapsed > 0 else None,
+        "records_per_s": handled / elapsed
+        if flowing and handled and elapsed > 0
+        else None,
         "peak_rss_delta_mib": _minus(raw.get("peak_rss_mib"), raw["baseline_rss_mib"]),
     }
     return derived
@@ -291,12 +295,12 @@ def measure(scenario: Scenario, port: int, workdir: str) -> Dict[str, Any]:
             "(pip install -r benchmarks/requirements.txt)"
         )
         return entry
-    runs = []
+    runs: List[Dict[str, Any]] = []
     for _ in range(scenario["repeat"]):
         raw = run_worker(scenario, port, workdir)
         if not raw.get("ok"):
             entry["error"] = raw.get("error", "failed")
-            entry["runs"] = runs + [raw]
+            entry["runs"] = [*runs, raw]
             return entry
         raw.update(derive(raw))
         runs.append(raw)
@@ -304,6 +308,9 @@ def measure(scenario: Scenario, port: int, workdir: str) -> Dict[str, Any]:
         values = [r[key] for r in runs if r.get(key) is not None]
         entry[key] = statistics.median(values) if values else None
     last = runs[-1]
+    json_module = (last.get("subject") or {}).get("orjson_loaded")
+    if json_module is not None:
+        entry["label"] += " [orjson]" if json_module else " [json]"
     for key in ("delivered", "complete", "stalled", "deadline_hit", "subject"):
         entry[key] = last.get(key)
     entry["baseline_rss_mib"] = last["baseline_rss_mib"]
@@ -445,13 +452,12 @@ def machine() -> Dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    usable = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    )
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     memory = None
-    with contextlib.suppress(OSError, ValueError), open(
-        "/proc/meminfo", encoding="utf-8"
-    ) as f:
+    with (
+        contextlib.suppress(OSError, ValueError),
+        open("/proc/meminfo", encoding="utf-8") as f,
+    ):
         memory = int(f.readline().split()[1]) // (1024 * 1024)
     return {
         "cpu_model": model,
@@ -492,8 +498,12 @@ def _cell(key: str, value: Any) -> str:
 
 
 def table(entries: List[Dict[str, Any]]) -> str:
-    lines = [" ".join(title.rjust(w) if i else title.ljust(w)
-                      for i, (title, _, w) in enumerate(_COLUMNS))]
+    lines = [
+        " ".join(
+            title.rjust(w) if i else title.ljust(w)
+            for i, (title, _, w) in enumerate(_COLUMNS)
+        )
+    ]
     lines.append("-" * len(lines[0]))
     for entry in entries:
         label = entry["label"][: _COLUMNS[0][2]]
@@ -557,8 +567,12 @@ def profile(args: argparse.Namespace, port: int, workdir: str) -> int:
         return 1
     records = 20_000 if args.quick else 200_000
     scenario = _scenario(
-        "profile", "OneCollectorHandler", "onecollector", records, deadline_s=300.0,
-        stall_s=60.0
+        "profile",
+        "OneCollectorHandler",
+        "onecollector",
+        records,
+        deadline_s=300.0,
+        stall_s=60.0,
     )
     results_dir = os.path.dirname(os.path.abspath(args.json))
     os.makedirs(results_dir, exist_ok=True)
@@ -669,11 +683,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             return profile(args, port, workdir)
         entries = []
         for scenario in scenarios:
-            print(f"running {scenario['key']} ({scenario['records']:,} records)...",
-                  flush=True)
+            print(
+                f"running {scenario['key']} ({scenario['records']:,} records)...",
+                flush=True,
+            )
             entries.append(measure(scenario, port, workdir))
     results = {e["key"]: e for e in entries}
-    document = {
+    document: Dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - started, 1),

@@ -32,9 +32,7 @@ from typing import Any, Callable, Dict, List, Optional
 MESSAGE = "order %d shipped from %s in %.1f ms"
 LOGGER_NAME = "shop.orders"
 #: Well-formed but fake: the tenant is the part before the first "-".
-FAKE_KEY = (
-    "0123456789abcdef0123456789abcdef-01234567-89ab-cdef-0123-456789abcdef-0123"
-)
+FAKE_KEY = "0123456789abcdef0123456789abcdef-01234567-89ab-cdef-0123-456789abcdef-0123"
 AZURE_IKEY = "00000000-0000-0000-0000-000000000000"
 #: Keep the Azure exporter to the one endpoint it is given: no statsbeat, no
 #: SDK stats, no remote-configuration polling.
@@ -46,7 +44,7 @@ AZURE_ENV = {
 MIB = 1024 * 1024
 
 
-class LoopbackOnly(PermissionError):
+class LoopbackOnlyError(PermissionError):
     """A handler under test tried to reach a host other than this machine."""
 
 
@@ -71,9 +69,9 @@ def _guard(event: str, args: Any) -> None:
     if event == "socket.connect":
         address = args[1]
         if isinstance(address, tuple) and not _is_loopback(address[0]):
-            raise LoopbackOnly(f"blocked a connection to {address[0]!r}")
+            raise LoopbackOnlyError(f"blocked a connection to {address[0]!r}")
     elif event == "socket.getaddrinfo" and not _is_loopback(args[0]):
-        raise LoopbackOnly(f"blocked a name lookup of {args[0]!r}")
+        raise LoopbackOnlyError(f"blocked a name lookup of {args[0]!r}")
 
 
 def peak_rss_mib() -> Optional[float]:
@@ -261,7 +259,7 @@ def _cache_accounting(
     from onecollector_logging._cache import DiskCache
 
     cache = DiskCache.open(cache_dir, tenant)
-    in_cache = cache.stats() if cache is not None else {}
+    in_cache: Dict[str, Any] = cache.stats() if cache is not None else {}
     dropped = stats.get("dropped") or {}
     return {
         "cache_records": int(in_cache.get("records", 0)),
@@ -282,7 +280,7 @@ SETUPS: Dict[str, Callable[[argparse.Namespace], Subject]] = {
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """Set up, burst, wait for delivery, close; return the measurements."""
-    result: Dict[str, Any] = {"records": args.records}
+    result: Dict[str, Any] = {"records": args.records, "down": bool(args.down_port)}
     subject = SETUPS[args.handler](args)
     logger = logging.getLogger(LOGGER_NAME)
     logger.propagate = False

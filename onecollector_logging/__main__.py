@@ -23,10 +23,7 @@ from .handler import OneCollectorHandler
 from .testing import LocalCollector
 
 #: A syntactically valid key for the local collector; no real tenant has it.
-DEMO_KEY = (
-    "0123456789abcdef0123456789abcdef-"
-    "01234567-89ab-4cde-8f01-23456789abcd-0001"
-)
+DEMO_KEY = "0123456789abcdef0123456789abcdef-01234567-89ab-4cde-8f01-23456789abcd-0001"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -278,7 +275,9 @@ def _cache_stats(root: str, out: TextIO) -> int:
         print(f"tenant {cache.tenant}:", file=out)
         for name in ("batches", "records", "bytes", "oldest_age_s", "claimed"):
             print(f"  {name:<13} {stats.get(name)}", file=out)
-        print(f"  {'kill_until':<13} {_describe_kill(stats.get('kill_until'))}", file=out)
+        print(
+            f"  {'kill_until':<13} {_describe_kill(stats.get('kill_until'))}", file=out
+        )
     return 0
 
 
@@ -306,6 +305,10 @@ def _cache_purge(root: str, yes: bool, out: TextIO) -> int:
     return 0
 
 
+def _no_wait(seconds: float) -> None:
+    """The command makes one attempt per batch and never waits between them."""
+
+
 def _cache_flush(root: str, args: argparse.Namespace, out: TextIO) -> int:
     counters = Counters()
     transport = _transport(args, counters)
@@ -321,7 +324,7 @@ def _cache_flush(root: str, args: argparse.Namespace, out: TextIO) -> int:
         claim = cache.claim()
         if claim is None:
             break
-        outcome = deliver(transport, claim.lines, sleep=stop.wait, stop_event=stop)
+        outcome = deliver(transport, claim.lines, sleep=_no_wait, stop_event=stop)
         if outcome.kind == ACCEPTED:
             claim.done()
             sent += outcome.accepted

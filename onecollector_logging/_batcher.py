@@ -235,9 +235,9 @@ class Pipeline:
             self._cond.notify_all()
         for thread in self._threads or []:
             thread.join(max(0.0, deadline - real_monotonic()))
-        if any(t.is_alive() for t in self._threads or []):
-            self._hand_over()
-        elif self._threads == [] and self._queue:
+        if any(t.is_alive() for t in self._threads or []) or (
+            self._threads == [] and self._queue
+        ):
             self._hand_over()
         self.transport.close()
 
@@ -322,7 +322,11 @@ class Pipeline:
         queue = self._queue
         while queue and len(lines) < self._max_batch_records:
             line = self._serialize_one(queue[0])
-            if line is not None and lines and size + len(line) + 1 > self._max_batch_bytes:
+            if (
+                line is not None
+                and lines
+                and size + len(line) + 1 > self._max_batch_bytes
+            ):
                 break
             queue.popleft()
             if line is not None:
@@ -400,7 +404,6 @@ class Pipeline:
             elif self._cache_has_work() and self._drain_one():
                 # Draining is paced so that recovery cannot cause a request storm.
                 self._interrupt.wait(self._drain_interval_s)
-
 
     def _next_item(self) -> Optional[_Item]:
         """The next batch or marker; an empty list means: time for other work."""
@@ -541,7 +544,9 @@ class Pipeline:
             self._held.append(lines)
         else:
             self._counters.add("dropped.queue_full", len(lines))
-            self._report_loss("the collector is unreachable and no disk cache", len(lines))
+            self._report_loss(
+                "the collector is unreachable and no disk cache", len(lines)
+            )
         if self._closing.is_set():
             # One failure at shutdown is enough: the rest goes straight to disk.
             self._giving_up = True

@@ -81,7 +81,9 @@ def as_int(name: str, value: object, *, minimum: int, maximum: float = math.inf)
 def as_choice(name: str, value: object, choices: Tuple[str, ...]) -> str:
     if isinstance(value, str) and value.strip().lower() in choices:
         return value.strip().lower()
-    raise ConfigurationError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    raise ConfigurationError(
+        f"{name} must be one of {', '.join(choices)}; got {value!r}"
+    )
 
 
 def instrumentation_key(value: Optional[str]) -> Tuple[str, str]:
@@ -150,13 +152,6 @@ def mapping(name: str, value: object) -> Optional[Dict[str, Any]]:
     return {str(k): v for k, v in value.items()}
 
 
-def event_names(value: object) -> Dict[str, str]:
-    names = mapping("event_names", value) or {}
-    for prefix, name in names.items():
-        event_name(f"event_names[{prefix!r}]", name)
-    return names
-
-
 def callable_option(name: str, value: object) -> Optional[Callable[..., Any]]:
     """Accept a callable, or a ``module:attribute`` / ``module.attribute`` path."""
     if value is None or value == "":
@@ -173,7 +168,9 @@ def callable_option(name: str, value: object) -> Optional[Callable[..., Any]]:
             for part in attribute.split("."):
                 target = getattr(target, part)
         except (ImportError, AttributeError, ValueError) as exc:
-            raise ConfigurationError(f"{name} {value!r} cannot be imported: {exc}") from None
+            raise ConfigurationError(
+                f"{name} {value!r} cannot be imported: {exc}"
+            ) from None
         value = target
     if not callable(value):
         raise ConfigurationError(f"{name} must be callable, got {value!r}")

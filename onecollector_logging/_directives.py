@@ -31,7 +31,7 @@ _DIGITS = re.compile(r"\d+(\.\d+)?\Z")
 
 def kill_order(
     headers: Mapping[str, str], instrumentation_key: str, tenant: str
-) -> Union[None, float, str]:
+) -> Union[float, str, None]:
     """Return the kill order that *headers* give our tenant.
 
     :returns: a duration in seconds (> 0), :data:`THIS_REQUEST_ONLY`, or None
@@ -40,7 +40,9 @@ def kill_order(
     tokens = headers.get("kill-tokens")
     if not tokens:
         return None
-    if not any(_token_matches(t, instrumentation_key, tenant) for t in tokens.split(",")):
+    if not any(
+        _token_matches(t, instrumentation_key, tenant) for t in tokens.split(",")
+    ):
         return None
     raw = headers.get("kill-duration") or headers.get("kill-duration-seconds")
     if raw is None:
@@ -104,9 +106,7 @@ class KillWindow:
         self._load = load
         self._store = store
 
-    def attach(
-        self, load: Callable[[], float], store: Callable[[float], None]
-    ) -> None:
+    def attach(self, load: Callable[[], float], store: Callable[[float], None]) -> None:
         self._load = load
         self._store = store
 

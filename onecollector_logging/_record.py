@@ -42,6 +42,7 @@ OWN_KEYS = frozenset(
         "code.lineno",
         "code.function",
         "invalidEventName",
+        "droppedKeys",  # set by the envelope builder on an event cut to fit
     }
 )
 EXTRA_PREFIX = "extra."

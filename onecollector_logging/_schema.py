@@ -142,8 +142,7 @@ def format_time(epoch_seconds: float) -> str:
     """
     whole = int(epoch_seconds // 1)
     millis = int((epoch_seconds - whole) * 1000)
-    if millis > 999:
-        millis = 999
+    millis = min(millis, 999)
     stamp = _dt.datetime.fromtimestamp(whole, _dt.timezone.utc).strftime(_MS_FORMAT)
     return f"{stamp}.{millis:03d}Z"
 

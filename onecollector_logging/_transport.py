@@ -54,8 +54,8 @@ class Outcome:
         "connection_error",
         "deferred",
         "detail",
-        "kind",
         "kill",
+        "kind",
         "rejected",
         "retry_after",
         "status",
@@ -69,7 +69,7 @@ class Outcome:
         accepted: int = 0,
         rejected: Optional[Dict[str, int]] = None,
         retry_after: Optional[float] = None,
-        kill: Union[None, float, str] = None,
+        kill: Union[float, str, None] = None,
         detail: str = "",
         connection_error: bool = False,
         deferred: bool = False,
@@ -104,13 +104,12 @@ def classify(
     for reason, where in efi.items():
         # "all" rejects the whole request whatever the status says.
         if where == "all":
-            return Outcome(
-                REJECTED, status=status, rejected={str(reason): count}
-            )
+            return Outcome(REJECTED, status=status, rejected={str(reason): count})
     if 200 <= status < 300:
         rejected = _rejected_by_index(efi, count)
-        if not rejected and isinstance(answer.get("rej"), int) and answer["rej"] > 0:
-            rejected = {"Unspecified": min(answer["rej"], count)}
+        rej = answer.get("rej")
+        if not rejected and isinstance(rej, int) and rej > 0:
+            rejected = {"Unspecified": min(rej, count)}
         total = sum(rejected.values())
         return Outcome(
             ACCEPTED, status=status, accepted=count - total, rejected=rejected
@@ -195,7 +194,9 @@ class Transport:
         """Drop the connection pool without closing it (after a fork)."""
         self._session = None
 
-    def post(self, lines: Sequence[bytes], *, timeout_s: Optional[float] = None) -> Outcome:
+    def post(
+        self, lines: Sequence[bytes], *, timeout_s: Optional[float] = None
+    ) -> Outcome:
         """Send *lines* (serialized envelopes) as one request."""
         body = b"\n".join(lines)
         headers = {
@@ -311,7 +312,8 @@ def deliver(
         outcome = last if isinstance(last, Outcome) else Outcome(TRANSIENT)
         # Stopped from outside: the batch was not given its chances, so it is
         # kept (on disk) rather than counted as exhausted.
-        outcome.deferred = outcome.deferred or stop_event.is_set()
+        exhausted = attempts.counted >= attempts.limit
+        outcome.deferred = outcome.deferred or (stop_event.is_set() and not exhausted)
         return outcome
 
     retrying = tenacity.Retrying(

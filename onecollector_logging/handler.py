@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -16,6 +17,7 @@ from ._envelope import EnvelopeBuilder, os_identity, static_ext
 from ._record import RecordOptions, snapshot
 from ._stats import Counters
 from ._transport import COMPRESSIONS, DEFAULT_MAX_ATTEMPTS, SDK_VERSION, Transport
+from .exceptions import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,26 @@ DEFAULT_REQUEST_TIMEOUT_S = 10.0
 #: A close() this soon after a flush() is taken as one shutdown.
 _FLUSH_THEN_CLOSE_S = 0.5
 
-_handlers: "weakref.WeakSet[OneCollectorHandler]" = weakref.WeakSet()
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """The validated options the pipeline is built from (again after a fork)."""
+
+    key: str
+    extensions: Dict[str, Dict[str, Any]]
+    flush_interval_s: float
+    max_batch_records: int
+    max_queue_records: int
+    request_timeout_s: float
+    max_attempts: int
+    compression: str
+    cache: bool
+    cache_dir: Optional[str]
+    cache_max_bytes: int
+    cache_max_age_s: float
+
+
+_handlers: weakref.WeakSet[OneCollectorHandler] = weakref.WeakSet()
 
 
 class OneCollectorHandler(logging.Handler):
@@ -97,7 +118,7 @@ class OneCollectorHandler(logging.Handler):
         event_name: str = "Python.Log",
         level: Union[int, str] = logging.NOTSET,
         *,
-        event_names: Union[None, str, Mapping[str, str]] = None,
+        event_names: Union[str, Mapping[str, str], None] = None,
         flush_interval_s: Union[float, str] = DEFAULT_FLUSH_INTERVAL_S,
         max_batch_records: Union[int, str] = _schema.MAX_EVENTS_PER_REQUEST,
         max_queue_records: Union[int, str] = DEFAULT_MAX_QUEUE_RECORDS,
@@ -109,20 +130,20 @@ class OneCollectorHandler(logging.Handler):
         cache_dir: Optional[str] = None,
         cache_max_bytes: Union[int, str] = _cache.DEFAULT_CACHE_MAX_BYTES,
         cache_max_age_s: Union[float, str] = _cache.DEFAULT_CACHE_MAX_AGE_S,
-        app: Union[None, str, Mapping[str, Any]] = None,
-        cloud: Union[None, str, Mapping[str, Any]] = None,
+        app: Union[str, Mapping[str, Any], None] = None,
+        cloud: Union[str, Mapping[str, Any], None] = None,
         device_local_id: Optional[str] = None,
         user_local_id: Optional[str] = None,
-        ext: Union[None, str, Mapping[str, Mapping[str, Any]]] = None,
+        ext: Union[str, Mapping[str, Mapping[str, Any]], None] = None,
         code_location: Union[bool, str] = False,
-        redact: Union[None, str, Callable[[Dict[str, Any]], Any]] = None,
+        redact: Union[str, Callable[[Dict[str, Any]], Any], None] = None,
     ) -> None:
         if isinstance(level, str) and level.strip().lstrip("-").isdigit():
             level = int(level)
         try:
             super().__init__(level)
         except (TypeError, ValueError) as exc:
-            raise _config.ConfigurationError(f"level: {exc}") from None
+            raise ConfigurationError(f"level: {exc}") from None
         self.disabled_by_environment = _config.disabled_by_environment()
         self._closed = False
         self._after_close_reported = False
@@ -152,12 +173,12 @@ class OneCollectorHandler(logging.Handler):
         )
         self._record_options = RecordOptions(
             event_name=self.event_name,
-            event_names=_config.event_names(event_names),
+            event_names=_config.mapping("event_names", event_names) or {},
             code_location=_config.as_bool("code_location", code_location),
             redact=_config.callable_option("redact", redact),
             counters=self.counters,
         )
-        self._settings = dict(
+        self._settings = _Settings(
             key=key,
             extensions=extensions,
             flush_interval_s=_config.as_number(
@@ -200,16 +221,16 @@ class OneCollectorHandler(logging.Handler):
             tenant=self.tenant,
             epoch=self._epoch,
             sdk_version=SDK_VERSION,
-            ext=settings["extensions"],
+            ext=settings.extensions,
             os_name=os_name,
             os_ver=os_ver,
         )
         transport = Transport(
             endpoint=self.endpoint,
-            instrumentation_key=settings["key"],
+            instrumentation_key=settings.key,
             tenant=self.tenant,
-            compression=settings["compression"],
-            request_timeout_s=settings["request_timeout_s"],
+            compression=settings.compression,
+            request_timeout_s=settings.request_timeout_s,
             kill_window=KillWindow(),
             gate=RetryGate(),
             counters=self.counters,
@@ -219,22 +240,22 @@ class OneCollectorHandler(logging.Handler):
             transport=transport,
             open_cache=self._open_cache,
             counters=self.counters,
-            max_queue_records=settings["max_queue_records"],
-            max_batch_records=settings["max_batch_records"],
-            flush_interval_s=settings["flush_interval_s"],
-            max_attempts=settings["max_attempts"],
+            max_queue_records=settings.max_queue_records,
+            max_batch_records=settings.max_batch_records,
+            flush_interval_s=settings.flush_interval_s,
+            max_attempts=settings.max_attempts,
             name=f"onecollector[{self.tenant}]",
         )
 
     def _open_cache(self) -> Optional[_cache.DiskCache]:
         settings = self._settings
-        if not settings["cache"]:
+        if not settings.cache:
             return None
         cache = _cache.DiskCache.open(
-            settings["cache_dir"],
+            settings.cache_dir,
             self.tenant,
-            max_bytes=settings["cache_max_bytes"],
-            max_age_s=settings["cache_max_age_s"],
+            max_bytes=settings.cache_max_bytes,
+            max_age_s=settings.cache_max_age_s,
             counters=self.counters,
         )
         if cache is not None and self._pipeline is not None:
@@ -254,6 +275,11 @@ class OneCollectorHandler(logging.Handler):
         if result:
             self.emit(record)
         return result
+
+    def setFormatter(self, fmt: Optional[logging.Formatter]) -> None:  # noqa: N802
+        """Use *fmt* for ``formattedMessage`` (by default the plain message)."""
+        super().setFormatter(fmt)
+        self._record_options.formatter = fmt
 
     def emit(self, record: logging.LogRecord) -> None:
         """Queue *record* for sending; never blocks, never raises."""

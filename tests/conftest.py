@@ -6,11 +6,10 @@ import threading
 from typing import Any, Callable, Iterator, List
 
 import pytest
+from support import KEY
 
 from onecollector_logging import OneCollectorHandler
 from onecollector_logging.testing import LocalCollector
-from support import KEY
-
 
 
 def pytest_configure(config: pytest.Config) -> None:

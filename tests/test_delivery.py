@@ -8,13 +8,13 @@ from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
 from freezegun import freeze_time
+from support import KEY, OTHER_TENANT, TENANT, isolated_logger, messages
 
 from onecollector_logging import OneCollectorHandler
 from onecollector_logging._batcher import Pipeline
 from onecollector_logging._cache import DiskCache
 from onecollector_logging._transport import Interrupted
 from onecollector_logging.testing import Answer, LocalCollector
-from support import KEY, OTHER_TENANT, TENANT, isolated_logger, messages
 
 Make = Callable[..., OneCollectorHandler]
 
@@ -88,7 +88,11 @@ def test_retry_after_is_honoured_on_the_frozen_clock(
     "token_form", ["o:{tenant}:all", "{key}", "{key}:all", "{tenant}"]
 )
 def test_kill_order_silences_the_tenant_until_the_window_ends(
-    onecollector: LocalCollector, make: Make, clock: Any, tmp_path: Path, token_form: str
+    onecollector: LocalCollector,
+    make: Make,
+    clock: Any,
+    tmp_path: Path,
+    token_form: str,
 ) -> None:
     frozen, _ = clock
     onecollector.script(Answer(401))
@@ -283,7 +287,9 @@ def test_clock_skew_handshake(onecollector: LocalCollector, make: Make) -> None:
     handler.flush()
 
     assert onecollector.wait_for_events(2)
-    headers = [r.headers.get("time-delta-to-apply-millis") for r in onecollector.requests]
+    headers = [
+        r.headers.get("time-delta-to-apply-millis") for r in onecollector.requests
+    ]
     assert headers == ["use-collector-delta", "250"]
 
 
@@ -300,7 +306,9 @@ def test_clock_skew_header_stops_when_the_collector_gives_no_delta(
     handler.flush()
 
     assert onecollector.wait_for_events(2)
-    headers = [r.headers.get("time-delta-to-apply-millis") for r in onecollector.requests]
+    headers = [
+        r.headers.get("time-delta-to-apply-millis") for r in onecollector.requests
+    ]
     assert headers == ["use-collector-delta", None]
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from support import KEY, TENANT, isolated_logger, messages
 
 from onecollector_logging import ConfigurationError, OneCollectorHandler
 from onecollector_logging.testing import Answer, LocalCollector
-from support import KEY, TENANT, isolated_logger, messages
 
 Make = Callable[..., OneCollectorHandler]
 
@@ -263,7 +263,9 @@ def test_the_key_can_come_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, onecollector: LocalCollector, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("ONECOLLECTOR_INSTRUMENTATION_KEY", KEY)
-    handler = OneCollectorHandler(endpoint=onecollector.endpoint, cache_dir=str(tmp_path))
+    handler = OneCollectorHandler(
+        endpoint=onecollector.endpoint, cache_dir=str(tmp_path)
+    )
     logger = isolated_logger("app.env", handler)
 
     logger.info("from env")
@@ -309,7 +311,7 @@ def test_file_config_ini_builds_a_working_handler(
             class=onecollector_logging.OneCollectorHandler
             level=INFO
             args=()
-            kwargs={{"instrumentation_key": "{KEY}", "endpoint": "{onecollector.endpoint}", "cache_dir": r"{tmp_path / 'c'}", "flush_interval_s": "0.1"}}
+            kwargs={{"instrumentation_key": "{KEY}", "endpoint": "{onecollector.endpoint}", "cache_dir": r"{tmp_path / "c"}", "flush_interval_s": "0.1"}}
             """  # noqa: E501
         )
     )

@@ -1,0 +1,540 @@
+"""Common Schema 4.0 envelopes: the configured ``ext`` part, and one JSON line per
+snapshot, kept under the size limit of a single event.
+
+Runs on the worker thread. The constant parts of the line (``iKey`` and every
+``ext`` slot but the sequence number and trace context) are encoded once per
+handler; each event costs one encoding of its ``data``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import platform
+import time
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
+from . import _schema
+from ._record import OWN_KEYS, Snapshot
+from ._stats import Counters
+from ._values import JSONValue, to_json
+from .exceptions import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+Dumps = Callable[[object], bytes]
+
+#: Name given to a snapshot whose name is not valid (snapshot() prevents it).
+FALLBACK_EVENT_NAME = "Python.Log"
+#: Key added when an event had to lose its extras to fit; the number lost.
+DROPPED_KEYS = "droppedKeys"
+#: Keys whose end is kept when cut: the innermost frames are at the end.
+_KEEP_END = frozenset({"exceptionStack", "stackInfo"})
+#: Smallest event size worth configuring: room for the envelope and a marker.
+MIN_EVENT_BYTES = 1024
+_SHRINK_ROUNDS = 16
+#: Values are not cut shorter than this while extras could be dropped instead:
+#: many values reduced to their marker tell less than the message alone.
+_MIN_CUT_BYTES = 128
+#: Room for the marker a cut adds, ``…[truncated 1234567 bytes]``.
+_MARKER_ROOM = 40
+
+_HANDLER_SLOTS = {"os", "sdk", "dt"}
+_HEX = frozenset("0123456789abcdef")
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def dumps_json(value: object) -> bytes:
+    """Compact UTF-8 JSON, as the collector takes it; raises on NaN and Infinity."""
+    return _ENCODER.encode(value).encode("utf-8")
+
+
+# -- configured ext ---------------------------------------------------------
+
+
+def static_ext(
+    *,
+    app: Optional[Mapping[str, object]] = None,
+    cloud: Optional[Mapping[str, object]] = None,
+    device_local_id: Optional[str] = None,
+    user_local_id: Optional[str] = None,
+    ext: Optional[Mapping[str, Mapping[str, object]]] = None,
+) -> Dict[str, Dict[str, JSONValue]]:
+    """Validate the ``ext`` fields the application configures and return them.
+
+    :param app: fields of ``ext.app`` (``name``, ``ver``, ``env``...).
+    :param cloud: fields of ``ext.cloud`` (``role``, ``roleInstance``...).
+    :param device_local_id: ``ext.device.localId``, in the ``<scope>:<id>`` form.
+    :param user_local_id: ``ext.user.localId``, in the ``<scope>:<id>`` form.
+    :param ext: any configurable slot (``app``, ``device``, ``user``, ``loc``,
+        ``net``, ``cloud``) as a mapping of its fields. The named arguments
+        above take precedence over the same fields given here.
+    :raises ConfigurationError: naming the field, for a slot the handler fills
+        itself, a field that is not part of Common Schema, a value of the wrong
+        type or a malformed local id. One such field would make the collector
+        reject every request.
+
+    Empty values (None, ``""``) are left out, and so are slots left empty.
+    Integer fields accept a string of decimal digits, as ``dictConfig`` gives.
+    """
+    slots: Dict[str, Dict[str, object]] = {}
+    if ext is not None:
+        if not isinstance(ext, Mapping):
+            raise ConfigurationError(
+                f"ext must be a mapping of slot -> fields, got {type(ext).__name__}"
+            )
+        for slot, fields in ext.items():
+            _check_slot(slot)
+            slots[slot] = dict(_fields_of(f"ext.{slot}", fields))
+    for slot, named in (("app", app), ("cloud", cloud)):
+        if named is not None:
+            slots.setdefault(slot, {}).update(_fields_of(slot, named))
+    for slot, value in (("device", device_local_id), ("user", user_local_id)):
+        if value:
+            _check_local_id(f"{slot}_local_id", value)
+            slots.setdefault(slot, {})["localId"] = value
+
+    result: Dict[str, Dict[str, JSONValue]] = {}
+    for slot, fields in slots.items():
+        checked = {
+            key: _field_value(slot, key, value)
+            for key, value in fields.items()
+            if value is not None and value != ""
+        }
+        if checked:
+            result[slot] = checked
+    return result
+
+
+def _check_slot(slot: object) -> None:
+    if slot in _schema.CONFIGURABLE_EXT_SLOTS:
+        return
+    if slot in _HANDLER_SLOTS:
+        raise ConfigurationError(f"ext.{slot} is filled by the handler")
+    if slot in _schema.EXT_KEYS:
+        raise ConfigurationError(f"ext.{slot} is not configurable")
+    configurable = ", ".join(sorted(_schema.CONFIGURABLE_EXT_SLOTS))
+    raise ConfigurationError(
+        f"ext.{slot} is not a Common Schema slot the application may fill "
+        f"(those are: {configurable})"
+    )
+
+
+def _fields_of(where: str, fields: object) -> Mapping[str, object]:
+    if not isinstance(fields, Mapping):
+        raise ConfigurationError(
+            f"{where} must be a mapping of field -> value, got {type(fields).__name__}"
+        )
+    for key in fields:
+        if not isinstance(key, str):
+            raise ConfigurationError(
+                f"{where} has a field name {key!r} that is not str"
+            )
+    return fields
+
+
+def _field_value(slot: str, key: str, value: object) -> JSONValue:
+    field = f"ext.{slot}.{key}"
+    expected = _schema.EXT_KEYS[slot].get(key)
+    if expected is None:
+        raise ConfigurationError(f"{field} is not a Common Schema field")
+    if expected is int:
+        return _int_field(field, value)
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"{field} must be a string, got {type(value).__name__} {value!r}"
+        )
+    if key == "localId":
+        _check_local_id(field, value)
+    if field == "ext.device.authSecId":
+        raise ConfigurationError(
+            f"{field} is rejected by the collector when it is not empty"
+        )
+    return str(value)
+
+
+def _int_field(field: str, value: object) -> int:
+    if isinstance(value, str):
+        text = value.strip()
+        digits = text[1:] if text[:1] in ("+", "-") else text
+        if digits.isascii() and digits.isdigit():
+            value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(
+            f"{field} must be an integer, got {type(value).__name__} {value!r}"
+        )
+    if not -(2**63) <= value < 2**63:
+        raise ConfigurationError(f"{field} is outside the int64 range: {value}")
+    return int(value)
+
+
+def _check_local_id(field: str, value: object) -> None:
+    if not _schema.is_valid_local_id(value):
+        raise ConfigurationError(
+            f"{field} must have the form <scope>:<id>, such as c:<your id> or "
+            f"r:<random uuid4>, got {value!r} (the collector rejects bare ids)"
+        )
+
+
+def os_identity() -> Tuple[str, str]:
+    """Return the operating system's name and version, e.g. ``("Linux", "6.5.0")``.
+
+    Nothing that names the machine or its user: no host name, no paths.
+    """
+    system = platform.system()
+    if system == "Darwin":
+        version = platform.mac_ver()[0]
+        if version:
+            return "macOS", version
+    elif system == "Windows":
+        version = platform.win32_ver()[1]
+        if version:
+            return system, version
+    return system, platform.release()
+
+
+# -- envelopes ---------------------------------------------------------------
+
+
+class EnvelopeBuilder:
+    """Turns snapshots into envelope lines for one handler.
+
+    :param tenant: tenant id; the envelope ``iKey`` is ``o:<tenant>``.
+    :param epoch: ``ext.sdk.epoch``, one random id per handler lifetime.
+    :param sdk_version: ``ext.sdk.ver``.
+    :param ext: configured slots, as returned by :func:`static_ext`.
+    :param os_name: ``ext.os.name``; left out when empty.
+    :param os_ver: ``ext.os.ver``; left out when empty.
+    :param max_event_bytes: longest line; larger events have their longest
+        strings cut, with a ``…[truncated N bytes]`` marker, until they fit.
+    :param dumps: encoder of the ``data`` object into compact UTF-8 JSON
+        (``allow_nan=False``). By default the standard library's, with
+        ``orjson`` as an accelerator where its output is byte-identical.
+    :param counters: where ``shrunk`` events and invalid names are counted.
+    :raises ConfigurationError: if the ``ext`` would be refused by the collector
+        or leaves no room for data under *max_event_bytes*.
+    """
+
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        epoch: str,
+        sdk_version: str,
+        ext: Mapping[str, Mapping[str, JSONValue]],
+        os_name: str,
+        os_ver: str,
+        max_event_bytes: int = _schema.MAX_EVENT_BYTES,
+        dumps: Optional[Dumps] = None,
+        counters: Optional[Counters] = None,
+    ) -> None:
+        self._dumps = dumps or _default_dumps()
+        self._max_bytes = max_event_bytes
+        self._counters = counters
+        full_ext: Dict[str, Dict[str, JSONValue]] = {}
+        for slot, fields in ext.items():
+            if slot in _HANDLER_SLOTS:
+                raise ConfigurationError(f"ext.{slot} is filled by the handler")
+            full_ext[slot] = dict(fields)
+        os_fields = {"name": os_name, "ver": os_ver}
+        full_ext["os"] = {key: value for key, value in os_fields.items() if value}
+        if not full_ext["os"]:
+            del full_ext["os"]
+        full_ext["sdk"] = {"ver": sdk_version, "epoch": epoch, "seq": 1}
+        problem = _schema.ext_problem(full_ext)
+        if problem:
+            raise ConfigurationError(problem)
+
+        # ext is written last and ends with sdk.seq then the optional ext.dt,
+        # so all of it up to the value of seq is constant.
+        encoded_ext = dumps_json(full_ext)
+        self._ext_head = encoded_ext[: -len(b"1}}")]
+        self._ikey = dumps_json(_schema.ikey_of(tenant))
+        longest = self._line(
+            "N" * 100, 0.0, 2**63 - 1, b"{}", _dt_part("0" * 32, "0" * 16)
+        )
+        least = max(MIN_EVENT_BYTES, len(longest) + 512)
+        if max_event_bytes < least:
+            raise ConfigurationError(
+                f"max_event_bytes must be at least {least} with this ext, "
+                f"got {max_event_bytes}"
+            )
+
+    def serialize(self, snap: Snapshot) -> bytes:
+        """Return the envelope of *snap* as one JSON line, without a newline.
+
+        Never longer than ``max_event_bytes``: the longest strings of ``data``
+        are cut first (the end of ``exceptionStack`` and ``stackInfo`` is kept,
+        the start of everything else); if that is not enough, only the keys the
+        handler fills are kept, plus ``droppedKeys``.
+        """
+        name = snap.name
+        if not _schema.is_valid_event_name(name):
+            name = FALLBACK_EVENT_NAME
+            if self._counters is not None:
+                self._counters.add("invalid.event_name")
+        data = self._encode(snap.data)
+        trace = _dt_part(snap.trace_id, snap.span_id)
+        line = self._line(name, snap.created, snap.seq, data, trace)
+        if len(line) > self._max_bytes:
+            data = self._shrink(snap.data, self._max_bytes - (len(line) - len(data)))
+            line = self._line(name, snap.created, snap.seq, data, trace)
+            if self._counters is not None:
+                self._counters.add("shrunk")
+        return line
+
+    def _line(
+        self, name: str, created: float, seq: int, data: bytes, trace: Optional[bytes]
+    ) -> bytes:
+        return b"".join(
+            (
+                b'{"ver":"4.0","name":"',
+                name.encode("ascii"),
+                b'","time":"',
+                _time_of(created),
+                b'","iKey":',
+                self._ikey,
+                b',"data":',
+                data,
+                b',"ext":',
+                self._ext_head,
+                _seq_of(seq),
+                b"}" if trace is None else b"}" + trace,
+                b"}}",
+            )
+        )
+
+    def _encode(self, data: object) -> bytes:
+        try:
+            return self._dumps(data)
+        except (TypeError, ValueError, OverflowError):
+            # Not JSON as built by snapshot(): a non-str key, NaN, a lone
+            # surrogate (not encodable as UTF-8)... Coerced again, then fixed.
+            return self._dumps(_fix_text(to_json(data)))
+
+    def _shrink(self, data: Mapping[str, JSONValue], budget: int) -> bytes:
+        """Encode *data* in at most *budget* bytes, cutting or dropping values."""
+        fitted = _Shrinker(self, dict(data), budget, _MIN_CUT_BYTES).run()
+        if fitted is not None:
+            return fitted
+        kept = {key: value for key, value in data.items() if key in OWN_KEYS}
+        kept[DROPPED_KEYS] = len(data) - len(kept)
+        fitted = _Shrinker(self, kept, budget, 0).run()
+        if fitted is not None:
+            return fitted
+        return self._encode({DROPPED_KEYS: len(data)})
+
+
+class _Shrinker:
+    """Cuts the largest values of one event's data until its encoding fits.
+
+    The values above a common cap are cut to that cap, so that a long message
+    and a long stack both keep their share rather than one losing everything.
+    """
+
+    def __init__(
+        self,
+        builder: EnvelopeBuilder,
+        data: Dict[str, JSONValue],
+        budget: int,
+        floor: int,
+    ) -> None:
+        self.encode = builder._encode
+        self.data = data
+        self.budget = budget
+        self.floor = floor
+        # Every cut starts again from the original text, so that the marker
+        # counts all the bytes removed.
+        self.originals: Dict[str, bytes] = {}
+        self.kept: Dict[str, int] = {}
+
+    def run(self) -> Optional[bytes]:
+        """Return the encoding that fits, or None if cutting cannot make it fit."""
+        for _ in range(_SHRINK_ROUNDS):
+            encoded = self.encode(self.data)
+            excess = len(encoded) - self.budget
+            if excess <= 0:
+                return encoded
+            sizes = self._sizes()
+            cap = self._cap(sizes, excess)
+            if cap is None:
+                return None
+            for size, key in sizes:
+                if size <= cap:
+                    break
+                self._cut(key, size, size - cap)
+        return None
+
+    def _sizes(self) -> List[Tuple[int, str]]:
+        sizes = [
+            (len(self.encode(value)), key)
+            for key, value in self.data.items()
+            if isinstance(value, (str, list, dict))
+        ]
+        sizes.sort(reverse=True)
+        return sizes
+
+    def _cap(self, sizes: List[Tuple[int, str]], excess: int) -> Optional[int]:
+        """Return the size to cut the largest values to, to save *excess* bytes."""
+        total = 0
+        for count, (size, _) in enumerate(sizes, 1):
+            total += size
+            following = sizes[count][0] if count < len(sizes) else 0
+            cap = (total - excess) // count
+            if cap >= max(following, self.floor):
+                return cap
+        return None
+
+    def _cut(self, key: str, size: int, reduce: int) -> None:
+        raw = self.originals.get(key)
+        if raw is None:
+            value = self.data[key]
+            # A container becomes its JSON text so that it can be cut.
+            text = value if isinstance(value, str) else self.encode(value).decode()
+            raw = self.originals[key] = _utf8(text)
+            self.kept[key] = len(raw)
+        kept = self.kept[key]
+        # Escapes make the encoding longer than the text: one byte of text cut
+        # saves about `ratio` bytes of JSON.
+        ratio = max(size / max(kept, 1), 1.0)
+        keep = max(kept - math.ceil((reduce + _MARKER_ROOM) / ratio), 0)
+        self.kept[key] = keep
+        self.data[key] = _cut_utf8(raw, keep, key in _KEEP_END)
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _cut_utf8(raw: bytes, keep: int, keep_end: bool) -> str:
+    """Keep *keep* bytes of the UTF-8 text *raw* on a character boundary, marked."""
+    if keep >= len(raw):
+        return _fix_str(raw.decode("utf-8", "surrogatepass"))
+    if keep_end:
+        start = len(raw) - keep
+        while start < len(raw) and raw[start] & 0xC0 == 0x80:
+            start += 1
+        kept = raw[start:]
+    else:
+        end = keep
+        while end > 0 and raw[end] & 0xC0 == 0x80:
+            end -= 1
+        kept = raw[:end]
+    removed = len(raw) - len(kept)
+    text = _fix_str(kept.decode("utf-8", "surrogatepass"))
+    if keep_end:
+        return f"[truncated {removed} bytes]…{text}"
+    return f"{text}…[truncated {removed} bytes]"
+
+
+def _fix_str(text: str) -> str:
+    """Return *text* with each lone surrogate replaced by U+FFFD.
+
+    A surrogate pair stored as two code points becomes the character it encodes.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def _fix_text(value: JSONValue) -> JSONValue:
+    if isinstance(value, str):
+        return _fix_str(value)
+    if isinstance(value, list):
+        return [_fix_text(item) for item in value]
+    if isinstance(value, dict):
+        return {_fix_str(key): _fix_text(item) for key, item in value.items()}
+    return value
+
+
+def _time_of(created: float) -> bytes:
+    try:
+        return _schema.format_time(created).encode("ascii")
+    except (TypeError, ValueError, OverflowError, OSError):
+        # A record made by hand with a nonsensical time: now is the best guess.
+        return _schema.format_time(time.time()).encode("ascii")
+
+
+def _seq_of(seq: int) -> bytes:
+    if type(seq) is not int or seq < 0:
+        try:
+            seq = max(int(seq), 0)
+        except (TypeError, ValueError, OverflowError):
+            seq = 0
+    return str(min(seq, 2**63 - 1)).encode("ascii")
+
+
+def _dt_part(trace_id: Optional[str], span_id: Optional[str]) -> Optional[bytes]:
+    fields: List[str] = []
+    if _is_hex(trace_id, 32):
+        fields.append(f'"traceId":"{trace_id}"')
+    if _is_hex(span_id, 16):
+        fields.append(f'"spanId":"{span_id}"')
+    if not fields:
+        return None
+    return (',"dt":{' + ",".join(fields) + "}").encode("ascii")
+
+
+def _is_hex(value: object, digits: int) -> bool:
+    return isinstance(value, str) and len(value) == digits and _HEX.issuperset(value)
+
+
+# -- optional accelerator ------------------------------------------------------
+
+#: Floats whose shortest form the standard library and orjson both write without
+#: an exponent, identically; outside, they differ (1e+16 and 1e16, 1e-05 and
+#: 0.00001), so an event holding such a float is encoded by the standard library.
+_PLAIN_FLOAT_MIN = 1e-4
+_PLAIN_FLOAT_MAX = 1e16
+
+#: Values on which orjson must agree with the standard library, byte for byte,
+#: before it is used at all (it has changed its number formatting before).
+_AGREEMENT_PROBE: Dict[str, JSONValue] = {
+    "floats": [6.0, 0.1, 1e-4, 0.00012345, 123456.789, 1e15, 9999999999999998.0, -0.0],
+    "ints": [0, -1, 2**53 + 1, 2**63 - 1, -(2**63)],
+    "text": '\x00\x1f"\\/\x7f\u2028é𝄞 <\n\t>',
+    "nested": {"a": [True, False, None, {"b": ""}]},
+}
+
+
+@functools.cache
+def _default_dumps() -> Dumps:
+    try:
+        import orjson  # noqa: PLC0415 (optional dependency)
+    except ImportError:
+        return dumps_json
+    fast: Dumps = orjson.dumps
+    try:
+        agrees = fast(_AGREEMENT_PROBE) == dumps_json(_AGREEMENT_PROBE)
+    except Exception:
+        agrees = False
+    if not agrees:
+        log.debug("orjson output differs from json's; using json")
+        return dumps_json
+
+    def dumps(value: object) -> bytes:
+        if isinstance(value, dict) and _plain_numbers(value.values()):
+            return fast(value)
+        return dumps_json(value)
+
+    return dumps
+
+
+def _plain_numbers(values: object) -> bool:
+    for value in values:  # type: ignore[attr-defined]
+        kind = type(value)
+        if kind is float:
+            magnitude = abs(value)
+            if not (_PLAIN_FLOAT_MIN <= magnitude < _PLAIN_FLOAT_MAX or not magnitude):
+                return False
+        elif kind is list:
+            if not _plain_numbers(value):
+                return False
+        elif kind is dict and not _plain_numbers(value.values()):
+            return False
+    return True
