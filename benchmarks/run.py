@@ -577,7 +577,10 @@ def profile(args: argparse.Namespace, port: int, workdir: str) -> int:
     results_dir = os.path.dirname(os.path.abspath(args.json))
     os.makedirs(results_dir, exist_ok=True)
     raw_path = os.path.join(results_dir, "profile-raw.txt")
-    wrap = [pyspy, "record", "--rate", "250", "--format", "raw", "-o", raw_path, "--"]
+    # --gil samples the thread holding the GIL: where the interpreter spends
+    # CPU, leaving out threads that wait on a lock, a socket or a timer.
+    wrap = [pyspy, "record", "--gil", "--rate", "250", "--format", "raw"]
+    wrap += ["-o", raw_path, "--"]
     raw = run_worker(scenario, port, workdir, wrap=wrap)
     if not raw.get("ok") or not os.path.exists(raw_path):
         print(f"profiled run failed: {raw.get('error')}")

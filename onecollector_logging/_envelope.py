@@ -52,6 +52,9 @@ def dumps_json(value: object) -> bytes:
     return _ENCODER.encode(value).encode("utf-8")
 
 
+_HEAD = b'{"ver":' + dumps_json(_schema.SCHEMA_VERSION) + b',"name":"'
+
+
 # -- configured ext ---------------------------------------------------------
 
 
@@ -291,7 +294,7 @@ class EnvelopeBuilder:
     ) -> bytes:
         return b"".join(
             (
-                b'{"ver":"4.0","name":"',
+                _HEAD,
                 name.encode("ascii"),
                 b'","time":"',
                 _time_of(created),

@@ -47,8 +47,9 @@ OWN_KEYS = frozenset(
 )
 EXTRA_PREFIX = "extra."
 
-#: Attributes every record has, the ones formatters add, and the trace fields
-#: of the OpenTelemetry logging instrumentation: none of them is an extra.
+#: Attributes every record has, the ones formatters add, the trace fields of
+#: the OpenTelemetry logging instrumentation and our ``event_name``: none of
+#: them is copied into data as an extra.
 _INIT_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
 _INIT_COUNT = len(_INIT_ATTRS)
 _STANDARD_ATTRS = frozenset(
@@ -216,8 +217,8 @@ def snapshot(
     """Reduce *record* to a :class:`Snapshot`, or None if ``redact`` drops it.
 
     ``data`` holds ``body`` (the message template), ``formattedMessage``,
-    ``severityText``, ``severityNumber``, ``logger``, the exception and stack
-    fields when present, the code location when enabled, then the record's
+    ``severityText``, ``severityNumber``, ``logger``, the code location when
+    enabled, the exception and stack fields when present, then the record's
     extras converted by :func:`to_json`. An extra named like one of our keys
     (:data:`OWN_KEYS`) is stored as ``extra.<name>``; the extra ``event_name``
     names the event instead of being stored (when it is not a valid name it is
@@ -291,8 +292,8 @@ def _extra_keys(attrs: Dict[str, object]) -> List[str]:
     # LogRecord.__init__ sets the standard attributes first and makeRecord()
     # adds the extras after them, so a backward walk that stops at the last
     # standard attribute finds the extras in a few steps, in their order. If
-    # what precedes that point is not exactly the standard set (an attribute
-    # deleted or set again, a record subclass), every key is checked instead.
+    # the keys before that point are not as many as the standard ones (an
+    # attribute deleted or set again, a record subclass), all are checked.
     keys = []
     position = len(attrs)
     for key in reversed(attrs):

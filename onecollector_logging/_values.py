@@ -3,9 +3,9 @@
 The backend creates a column from the first value it sees under a key, so a key
 must keep one JSON type for as long as the application passes it one Python
 type: every conversion below depends only on the value's type, never on its
-content (a whole float stays a float, a set is always an array...). The one
-exception is forced by the backend: integers outside the int64 column range
-become strings.
+content (a whole float stays a float, a set is always an array...). Two
+exceptions are forced by the wire: integers outside the int64 column range and
+non-finite floats, which JSON cannot hold, become strings.
 
 :func:`to_json` never raises; a value that cannot be converted costs only
 itself and becomes a short marker string.
@@ -162,20 +162,8 @@ def _datetime(value: _dt.datetime) -> str:
 def _enum(value: enum.Enum) -> JSONValue:
     inner = value.value
     if isinstance(inner, (str, int, float)):
-        return to_json(_plain_scalar(inner))
+        return to_json(inner)
     return value.name
-
-
-def _plain_scalar(value: Union[str, int, float]) -> object:
-    # A str/int/float subclass (IntEnum's own value, numpy.float64...) is
-    # reduced to the exact builtin type, so the fast paths apply.
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, int):
-        return int.__index__(value)
-    return float.__float__(value)
 
 
 class _Walk:

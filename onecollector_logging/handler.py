@@ -14,7 +14,8 @@ from . import _cache, _config, _schema
 from ._batcher import Pipeline, own_activity, real_monotonic
 from ._directives import KillWindow, RetryGate
 from ._envelope import EnvelopeBuilder, os_identity, static_ext
-from ._record import RecordOptions, snapshot
+from ._record import RecordOptions, Snapshot, snapshot
+from ._record import _redact as redact_data
 from ._stats import Counters
 from ._transport import COMPRESSIONS, DEFAULT_MAX_ATTEMPTS, SDK_VERSION, Transport
 from .exceptions import ConfigurationError
@@ -299,6 +300,28 @@ class OneCollectorHandler(logging.Handler):
                 pipeline.put(snap)
         except Exception:
             self.handleError(record)
+
+    def submit(self, snap: Snapshot) -> None:
+        """Queue an already built snapshot, as :meth:`emit` does for a record.
+
+        The entry point of other front ends (the OpenTelemetry exporter): the
+        snapshot gets this handler's sequence number and the same pipeline.
+        """
+        pipeline = self._pipeline
+        if pipeline is None:
+            return
+        if self._closed:
+            self._emit_after_close()
+            return
+        snap.seq = next(self._seq)
+        if self._record_options.redact is not None:
+            options = self._record_options
+            assert options.redact is not None
+            data = redact_data(options.redact, snap.data, options)
+            if data is None:
+                return
+            snap.data = data
+        pipeline.put(snap)
 
     def _emit_after_close(self) -> None:
         self.counters.add("dropped.after_close")

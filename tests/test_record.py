@@ -62,9 +62,7 @@ def make_record(
     )
 
 
-def take(
-    record: logging.LogRecord, opts: RecordOptions, seq: int = 1
-) -> Snapshot:
+def take(record: logging.LogRecord, opts: RecordOptions, seq: int = 1) -> Snapshot:
     snap = snapshot(record, opts, seq)
     assert snap is not None
     return snap
@@ -244,12 +242,14 @@ def test_extras_with_keys_that_are_not_strings_are_skipped(
     counters: Counters,
 ) -> None:
     record = make_record(extra={"ok": 1})
-    record.__dict__[5] = "five"
+    attrs: Dict[Any, Any] = record.__dict__
+    attrs[5] = "five"
 
     snap = take(record, options(counters))
 
     assert snap.data["ok"] == 1
-    assert 5 not in snap.data
+    assert "5" not in snap.data
+    assert len(snap.data) == 6
 
 
 def test_attributes_set_by_an_earlier_formatter_are_not_extras(
@@ -500,7 +500,10 @@ def test_stack_info_is_kept(counters: Counters) -> None:
 def test_trace_ids_of_the_logging_instrumentation_are_used(
     counters: Counters,
 ) -> None:
-    extra = {"otelTraceID": "0AF7651916CD43DD8448EB211C80319C", "otelSpanID": "b7ad6b7169203331"}
+    extra = {
+        "otelTraceID": "0AF7651916CD43DD8448EB211C80319C",
+        "otelSpanID": "b7ad6b7169203331",
+    }
 
     snap = take(make_record(extra=extra), options(counters))
 

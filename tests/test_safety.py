@@ -1,0 +1,352 @@
+"""The handler inside programs it does not control: exit, fork, feedback, bounds."""
+
+from __future__ import annotations
+
+import gc
+import http.client
+import logging
+import logging.config
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import pytest
+
+from onecollector_logging import OneCollectorHandler
+from onecollector_logging._cache import DiskCache
+from onecollector_logging.testing import Answer, LocalCollector
+from support import KEY, OTHER_KEY, TENANT, isolated_logger, messages
+
+Make = Callable[..., OneCollectorHandler]
+# Python 3.12+ warns about fork() in a threaded process: that is the situation
+# these tests put the handler in.
+FORK_IN_THREADS = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cached_records(cache_dir: Path, tenant: str = TENANT) -> int:
+    cache = DiskCache.open(str(cache_dir), tenant)
+    assert cache is not None
+    return int(cache.stats()["records"])  # type: ignore[call-overload]
+
+
+def _total(stats: Dict[str, Any]) -> int:
+    dropped = sum(stats.get("dropped", {}).values())
+    rejected = sum(stats.get("rejected", {}).values())
+    return int(stats.get("accepted", 0) + stats.get("cached", 0) + dropped + rejected)
+
+
+def _run_python(code: str, env: Dict[str, str], timeout: float = 60) -> str:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_close_then_shutdown_with_a_silent_collector_is_bounded(
+    onecollector: LocalCollector, make_handler: Make, tmp_path: Path
+) -> None:
+    onecollector.script_always(Answer(hang=True))
+    handler = make_handler(shutdown_timeout=1.0, flush_interval_s=0.05)
+    logger = isolated_logger("app.silent", handler)
+    for i in range(50):
+        logger.info("n%d", i)
+    assert onecollector.wait_for_requests(1)
+
+    started = time.monotonic()
+    handler.close()
+    closed = time.monotonic() - started
+    logging.shutdown([weakref.ref(handler)])
+    both = time.monotonic() - started
+
+    assert closed < 1.0 + 1.0 and both < 1.0 + 1.0
+    assert _cached_records(tmp_path / "cache") == 50
+    assert handler.stats()["cached"] == 50
+
+
+def test_dict_config_replacing_the_handler_during_a_send_is_bounded(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    onecollector.script_always(Answer(hang=True))
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {
+            "oc": {
+                "class": "onecollector_logging.OneCollectorHandler",
+                "instrumentation_key": KEY,
+                "endpoint": onecollector.endpoint,
+                "cache_dir": str(tmp_path),
+                "flush_interval_s": "0.05",
+                "shutdown_timeout": "1",
+            }
+        },
+        "loggers": {"app": {"level": "INFO", "handlers": ["oc"]}},
+    }
+    logging.config.dictConfig(config)
+    handler = logging.getLogger("app").handlers[0]
+    for i in range(20):
+        logging.getLogger("app").info("n%d", i)
+    assert onecollector.wait_for_requests(1)
+    replaced = threading.Event()
+
+    def reconfigure() -> None:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+        replaced.set()
+
+    started = time.monotonic()
+    thread = threading.Thread(target=reconfigure)
+    thread.start()
+    thread.join(5)
+
+    assert replaced.is_set() and time.monotonic() - started < 1.0 + 1.0
+    assert isinstance(handler, OneCollectorHandler)
+    assert _cached_records(tmp_path) == 20
+    logging.getLogger("app").handlers.clear()
+
+
+def test_own_and_library_records_never_reach_the_collector(
+    onecollector: LocalCollector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http.client.HTTPConnection, "debuglevel", 1)
+    handler = OneCollectorHandler(
+        KEY,
+        endpoint=onecollector.endpoint,
+        cache_dir=str(tmp_path),
+        flush_interval_s=0.05,
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG)
+    try:
+        for i in range(100):
+            logging.getLogger("user").debug("user record %d", i)
+            if i % 25 == 0:
+                handler.flush()
+        handler.flush()
+        assert onecollector.wait_for_events(100)
+        handler.flush()
+    finally:
+        handler.close()
+    assert sorted(messages(onecollector.events)) == sorted(
+        f"user record {i}" for i in range(100)
+    )
+    assert {e["data"]["logger"] for e in onecollector.events} == {"user"}
+
+
+def test_a_tiny_queue_with_a_stalled_collector_spills_and_accounts_for_all(
+    onecollector: LocalCollector, make_handler: Make, tmp_path: Path
+) -> None:
+    onecollector.script_always(Answer(hang=True))
+    handler = make_handler(
+        max_queue_records=10, shutdown_timeout=1.0, flush_interval_s=0.05
+    )
+    logger = isolated_logger("app.burst", handler)
+
+    for i in range(10_000):
+        logger.info("n%d", i)
+    handler.close()
+
+    stats = handler.stats()
+    assert _total(stats) == 10_000
+    assert stats["cached"] > 0
+    assert _cached_records(tmp_path / "cache") == stats["cached"]
+
+
+@FORK_IN_THREADS
+def test_a_forked_child_sends_its_own_records_under_its_own_epoch(
+    onecollector: LocalCollector, make_handler: Make
+) -> None:
+    handler = make_handler(flush_interval_s=0.05)
+    logger = isolated_logger("app.fork", handler)
+    logger.info("parent before fork")
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            logger.info("child record")
+            handler.close()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    logger.info("parent after fork")
+    handler.flush()
+
+    assert status == 0
+    assert onecollector.wait_for_events(3)
+    by_message = {e["data"]["formattedMessage"]: e for e in onecollector.events}
+    assert sorted(by_message) == [
+        "child record",
+        "parent after fork",
+        "parent before fork",
+    ]
+    assert len(onecollector.events) == 3
+    epochs = {m: e["ext"]["sdk"]["epoch"] for m, e in by_message.items()}
+    assert epochs["child record"] != epochs["parent before fork"]
+    assert epochs["parent after fork"] == epochs["parent before fork"]
+    assert by_message["child record"]["ext"]["sdk"]["seq"] == 1
+
+
+@FORK_IN_THREADS
+def test_forking_while_other_threads_log_never_hangs_a_child(
+    onecollector: LocalCollector, make_handler: Make
+) -> None:
+    handler = make_handler(flush_interval_s=0.05)
+    logger = isolated_logger("app.forks", handler)
+    stop = threading.Event()
+
+    def chatter() -> None:
+        while not stop.is_set():
+            logger.info("thread record")
+
+    threads = [threading.Thread(target=chatter) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    durations: List[float] = []
+    try:
+        for _ in range(20):
+            started = time.monotonic()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                logger.info("child")
+                logging.shutdown()
+                os._exit(0)
+            waiter = threading.Thread(target=os.waitpid, args=(pid, 0))
+            waiter.start()
+            waiter.join(5)
+            if waiter.is_alive():
+                os.kill(pid, 9)
+                waiter.join(5)
+            durations.append(time.monotonic() - started)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+
+    assert max(durations) < 5
+
+
+def test_a_script_that_exits_at_once_delivers_its_record(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    _run_python(
+        f"""
+        import logging
+        from onecollector_logging import OneCollectorHandler
+        logger = logging.getLogger("script")
+        logger.addHandler(OneCollectorHandler(
+            {KEY!r}, endpoint={onecollector.endpoint!r}, cache_dir={str(tmp_path)!r}))
+        logger.warning("the only record")
+        """,
+        {},
+    )
+
+    assert onecollector.wait_for_events(1)
+    assert messages(onecollector.events) == ["the only record"]
+
+
+def test_the_opt_out_variable_makes_every_path_a_no_op(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    out = _run_python(
+        f"""
+        import logging, socket, sys
+        from onecollector_logging import OneCollectorHandler
+        opened = []
+        real = socket.socket.connect
+        def connect(self, address):
+            opened.append(address)
+            return real(self, address)
+        socket.socket.connect = connect
+        handler = OneCollectorHandler(
+            {KEY!r}, endpoint={onecollector.endpoint!r},
+            cache_dir={str(tmp_path / "cache")!r})
+        logger = logging.getLogger("optout")
+        logger.addHandler(handler)
+        for i in range(100):
+            logger.error("nothing %d", i)
+        handler.flush()
+        import threading
+        print(len(opened), threading.active_count())
+        logging.shutdown()
+        print(len(opened))
+        """,
+        {"ONECOLLECTOR_LOGGING_DISABLED": " Yes "},
+    )
+
+    assert out.split() == ["0", "1", "0"]
+    assert not (tmp_path / "cache").exists()
+    assert onecollector.requests == []
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", " on "])
+def test_opt_out_values(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("ONECOLLECTOR_LOGGING_DISABLED", value)
+
+    handler = OneCollectorHandler(KEY)
+
+    assert handler.disabled_by_environment
+    handler.close()
+
+
+def test_a_closed_handler_is_garbage_collected(make_handler: Make) -> None:
+    handler = OneCollectorHandler(KEY, endpoint="http://127.0.0.1:9/", cache=False)
+    logger = isolated_logger("app.gc", handler)
+    logger.info("one")
+    handler.close()
+    logger.handlers.clear()
+    ref = weakref.ref(handler)
+    del handler
+
+    gc.collect()
+
+    assert ref() is None
+
+
+def test_handlers_with_different_keys_and_endpoints_are_independent(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    with LocalCollector() as stalled:
+        stalled.script_always(Answer(hang=True))
+        good = OneCollectorHandler(
+            KEY,
+            endpoint=onecollector.endpoint,
+            cache_dir=str(tmp_path / "a"),
+            flush_interval_s=0.05,
+        )
+        stuck = OneCollectorHandler(
+            OTHER_KEY,
+            endpoint=stalled.endpoint,
+            cache_dir=str(tmp_path / "b"),
+            flush_interval_s=0.05,
+            shutdown_timeout=0.5,
+        )
+        logger = logging.getLogger("app.two")
+        logger.handlers[:] = [good, stuck]
+        logger.propagate = False
+        try:
+            for i in range(10):
+                logger.info("n%d", i)
+            assert onecollector.wait_for_events(10)
+            assert stalled.wait_for_requests(1)
+        finally:
+            stuck.close()
+            good.close()
+            logger.handlers.clear()
+    assert {r.headers["x-apikey"] for r in onecollector.requests} == {KEY}
+    assert stuck.stats()["cached"] == 10
