@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -548,19 +549,26 @@ def report(document: Dict[str, Any]) -> str:
 #: Stage of a sampled stack: the first marker met walking from the leaf up.
 _STAGES = (
     ("compression", ("compress (", "zlib", "gzip")),
-    ("serialization (batcher)", ("_serialize_one", "serialize (")),
-    ("HTTP (requests/urllib3)", ("Transport.post", "requests/", "urllib3/")),
-    ("disk cache", ("DiskCache.", "_cache.py")),
-    ("snapshot (emit)", ("snapshot (", "_record.py")),
-    ("emit, other", ("OneCollectorHandler.", "Pipeline.put")),
-    ("pipeline threads, other", ("_batcher.py",)),
-    ("logging call (stdlib)", ("logging/__init__.py",)),
+    ("time formatting (format_time)", ("format_time (", "_time_of (")),
+    ("JSON encoding of data", ("json/", "dumps (", "_plain_numbers (")),
+    ("envelope assembly (rest of serialize)", ("_envelope.py",)),
+    ("kill-window check (reads kill.json)", ("kill_until (", "KillWindow.")),
+    ("disk cache (spill and drain)", ("DiskCache.", "_cache.py", "Claim.")),
+    ("HTTP (requests, urllib3, http.client)", ("requests/", "urllib3/", "http/")),
+    ("retry wrapper (tenacity, deliver)", ("tenacity/", "_transport.py")),
+    ("snapshot on the caller's thread", ("_record.py", "_values.py")),
+    ("emit and queue put, other", ("handler.py", "Pipeline.put")),
+    ("pipeline threads, other", ("_batcher.py", "threading.py")),
+    ("stdlib logging call (LogRecord, findCaller...)", ("logging/__init__.py",)),
     ("benchmark loop", ("scenarios.py",)),
 )
+#: Frames of the scenario's set-up (imports, handler creation): not measured.
+_SETUP_MARKERS = ("make_onecollector (", "_find_and_load (")
+_PROFILE_RATE_HZ = 250
 
 
 def profile(args: argparse.Namespace, port: int, workdir: str) -> int:
-    """Sample every thread of a OneCollectorHandler burst with py-spy."""
+    """Sample a OneCollectorHandler burst with py-spy; summarize by stage."""
     pyspy = _find_tool("py-spy")
     if pyspy is None:
         print("py-spy is not installed: pip install -r benchmarks/requirements.txt")
@@ -578,14 +586,23 @@ def profile(args: argparse.Namespace, port: int, workdir: str) -> int:
     os.makedirs(results_dir, exist_ok=True)
     raw_path = os.path.join(results_dir, "profile-raw.txt")
     # --gil samples the thread holding the GIL: where the interpreter spends
-    # CPU, leaving out threads that wait on a lock, a socket or a timer.
-    wrap = [pyspy, "record", "--gil", "--rate", "250", "--format", "raw"]
-    wrap += ["-o", raw_path, "--"]
+    # CPU, leaving out threads that wait on a lock, a socket or a timer. Code
+    # that releases the GIL (zlib, file and socket writes) is undercounted.
+    wrap = [pyspy, "record", "--gil", "--rate", str(_PROFILE_RATE_HZ)]
+    wrap += ["--format", "raw", "-o", raw_path, "--"]
     raw = run_worker(scenario, port, workdir, wrap=wrap)
     if not raw.get("ok") or not os.path.exists(raw_path):
         print(f"profiled run failed: {raw.get('error')}")
         return 1
+    raw.update(derive(raw))
     summary = summarize_profile(raw_path, records)
+    summary += (
+        "\n\nProfiled run (slowed by sampling):"
+        f" caller {raw['caller_us']:.1f} us/record,"
+        f" process CPU {raw['cpu_us_per_delivered']:.1f} us per delivered record,"
+        f" {raw['delivered']:,}/{records:,} delivered,"
+        f" handler stats {raw['subject'].get('stats')}"
+    )
     path = os.path.join(results_dir, "profile.txt")
     with open(path, "w", encoding="utf-8") as out:
         out.write(summary + "\n")
@@ -598,43 +615,54 @@ def _find_tool(name: str) -> Optional[str]:
     beside = os.path.join(os.path.dirname(sys.executable), name)
     if os.path.exists(beside):
         return beside
-    from shutil import which
-
-    return which(name)
+    return shutil.which(name)
 
 
 def summarize_profile(raw_path: str, records: int) -> str:
-    """Shares of samples by stage, and the functions with most samples."""
+    """Shares of GIL samples by stage and by function, and microseconds per record."""
     stages: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
-    total = 0
+    total = setup = 0
     with open(raw_path, encoding="utf-8") as file:
         for line in file:
             stack, _, count = line.rstrip("\n").rpartition(" ")
             if not stack or not count.isdigit():
                 continue
             samples = int(count)
-            frames = [_function(f) for f in stack.split(";")]
+            if any(marker in stack for marker in _SETUP_MARKERS):
+                setup += samples
+                continue
+            raw_frames = stack.split(";")
+            frames = [_function(f) for f in raw_frames]
             total += samples
-            stages[_stage(stack.split(";"))] += samples
+            stages[_stage(raw_frames)] += samples
             for name in set(frames):
                 inclusive[name] += samples
             own[frames[-1]] += samples
     if not total:
         return "no samples"
-    lines = [f"{total} samples of busy threads, burst of {records:,} records", ""]
-    lines.append("By stage (share of samples):")
-    lines += [f"  {share / total:6.1%}  {name}" for name, share in stages.most_common()]
-    lines += ["", "Functions by inclusive share (top 25):"]
-    lines += [f"  {n / total:6.1%}  {name}" for name, n in inclusive.most_common(25)]
-    lines += ["", "Functions by own share (top 20):"]
-    lines += [f"  {n / total:6.1%}  {name}" for name, n in own.most_common(20)]
+    per_record = 1e6 / _PROFILE_RATE_HZ / records
+
+    def row(name: str, n: int) -> str:
+        return f"  {n / total:6.1%} {n * per_record:6.2f} us  {name}"
+
+    lines = [
+        f"{total} samples of the thread holding the GIL ({_PROFILE_RATE_HZ} Hz),"
+        f" burst of {records:,} records; {setup} samples of set-up left out.",
+        "",
+        "By stage (share, microseconds per record):",
+    ]
+    lines += [row(name, n) for name, n in stages.most_common()]
+    lines += ["", "Functions by inclusive share (top 30):"]
+    lines += [row(name, n) for name, n in inclusive.most_common(30)]
+    lines += ["", "Functions by own share (top 25):"]
+    lines += [row(name, n) for name, n in own.most_common(25)]
     return "\n".join(lines)
 
 
 def _function(frame: str) -> str:
-    # "name (path/to/file.py:123)" -> "name (file.py)"
+    # "name (path/to/file.py:123)" -> "name (to/file.py)"
     name, _, where = frame.partition(" (")
     path = where.rsplit(":", 1)[0].rstrip(")")
     return f"{name} ({'/'.join(path.split('/')[-2:])})" if path else name

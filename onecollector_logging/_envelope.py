@@ -14,7 +14,7 @@ import logging
 import math
 import platform
 import time
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from . import _schema
 from ._record import OWN_KEYS, Snapshot
@@ -42,6 +42,7 @@ _MIN_CUT_BYTES = 128
 _MARKER_ROOM = 40
 
 _HANDLER_SLOTS = {"os", "sdk", "dt"}
+_MAX_NAMES = 1024
 _HEX = frozenset("0123456789abcdef")
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -237,6 +238,10 @@ class EnvelopeBuilder:
         self._dumps = dumps or _default_dumps()
         self._max_bytes = max_event_bytes
         self._counters = counters
+        # (whole second, its formatted text): consecutive events mostly share
+        # their second, and formatting it is most of the cost of a small event.
+        self._second: Tuple[int, bytes] = (0, _schema.format_time(0)[:19].encode())
+        self._valid_names: Set[str] = set()
         full_ext: Dict[str, Dict[str, JSONValue]] = {}
         for slot, fields in ext.items():
             if slot in _HANDLER_SLOTS:
@@ -275,10 +280,8 @@ class EnvelopeBuilder:
         handler fills are kept, plus ``droppedKeys``.
         """
         name = snap.name
-        if not _schema.is_valid_event_name(name):
-            name = FALLBACK_EVENT_NAME
-            if self._counters is not None:
-                self._counters.add("invalid.event_name")
+        if name not in self._valid_names:
+            name = self._checked_name(name)
         data = self._encode(snap.data)
         trace = _dt_part(snap.trace_id, snap.span_id)
         line = self._line(name, snap.created, snap.seq, data, trace)
@@ -289,6 +292,31 @@ class EnvelopeBuilder:
                 self._counters.add("shrunk")
         return line
 
+    def _checked_name(self, name: str) -> str:
+        if not _schema.is_valid_event_name(name):
+            if self._counters is not None:
+                self._counters.add("invalid.event_name")
+            return FALLBACK_EVENT_NAME
+        if len(self._valid_names) >= _MAX_NAMES:
+            self._valid_names.clear()
+        self._valid_names.add(name)
+        return name
+
+    def _time(self, created: float) -> bytes:
+        """Return :func:`_schema.format_time` of *created*, as bytes."""
+        try:
+            whole = int(created // 1)
+            second, text = self._second
+            if whole != second:
+                text = _schema.format_time(whole)[:19].encode("ascii")
+                self._second = (whole, text)
+            # as format_time: truncated, never rounded up
+            millis = min(int((created - whole) * 1000), 999)
+        except (TypeError, ValueError, OverflowError, OSError):
+            # A record made by hand with a nonsensical time: now is the best guess.
+            return _schema.format_time(time.time()).encode("ascii")
+        return b"%s.%03dZ" % (text, millis)
+
     def _line(
         self, name: str, created: float, seq: int, data: bytes, trace: Optional[bytes]
     ) -> bytes:
@@ -297,7 +325,7 @@ class EnvelopeBuilder:
                 _HEAD,
                 name.encode("ascii"),
                 b'","time":"',
-                _time_of(created),
+                self._time(created),
                 b'","iKey":',
                 self._ikey,
                 b',"data":',
@@ -453,14 +481,6 @@ def _fix_text(value: JSONValue) -> JSONValue:
     if isinstance(value, dict):
         return {_fix_str(key): _fix_text(item) for key, item in value.items()}
     return value
-
-
-def _time_of(created: float) -> bytes:
-    try:
-        return _schema.format_time(created).encode("ascii")
-    except (TypeError, ValueError, OverflowError, OSError):
-        # A record made by hand with a nonsensical time: now is the best guess.
-        return _schema.format_time(time.time()).encode("ascii")
 
 
 def _seq_of(seq: int) -> bytes:

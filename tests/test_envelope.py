@@ -249,6 +249,24 @@ def test_an_invalid_name_is_replaced_and_counted() -> None:
     assert counters.get("invalid.event_name") == 1
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.floats(min_value=0, max_value=4e9)
+        | st.integers(min_value=0, max_value=4 * 10**9).map(lambda n: n - 1e-9),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_event_times_are_formatted_as_the_schema_says(times: List[float]) -> None:
+    build = builder()
+
+    for created in times:
+        envelope = parsed(build.serialize(snap(created=created)))
+
+        assert envelope["time"] == _schema.format_time(created)
+
+
 @pytest.mark.parametrize("created", [float("nan"), 1e20, -1e20, "yesterday"])
 def test_a_nonsensical_record_time_still_gives_a_valid_time(created: Any) -> None:
     envelope = parsed(builder().serialize(snap(created=created)))

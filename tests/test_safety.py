@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import pytest
+from support import KEY, OTHER_KEY, TENANT, isolated_logger, messages
 
 from onecollector_logging import OneCollectorHandler
 from onecollector_logging._cache import DiskCache
 from onecollector_logging.testing import Answer, LocalCollector
-from support import KEY, OTHER_KEY, TENANT, isolated_logger, messages
 
 Make = Callable[..., OneCollectorHandler]
 # Python 3.12+ warns about fork() in a threaded process: that is the situation

@@ -1,0 +1,288 @@
+"""The handler and its disk cache across processes: nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+from support import KEY, TENANT, isolated_logger
+
+from onecollector_logging import OneCollectorHandler
+from onecollector_logging._cache import DiskCache
+from onecollector_logging.testing import Answer, LocalCollector
+
+ROOT = Path(__file__).resolve().parent.parent
+#: A loopback port with nothing listening: every connection is refused.
+DEAD_ENDPOINT = "http://127.0.0.1:9/OneCollector/1.0/"
+
+CHILD = """
+import json, logging, sys, threading, time
+from onecollector_logging import OneCollectorHandler
+from onecollector_logging._cache import DiskCache
+
+args = json.loads(sys.argv[1])
+handler = OneCollectorHandler(
+    args["key"], endpoint=args["endpoint"], cache_dir=args["cache_dir"],
+    **args.get("options", {}))
+logger = logging.getLogger("child")
+logger.addHandler(handler)
+logger.setLevel(logging.INFO)
+
+def work(thread):
+    for i in range(args["records"]):
+        logger.info("p%s t%s r%s", args["name"], thread, i)
+
+threads = [threading.Thread(target=work, args=(t,)) for t in range(args["threads"])]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+if args.get("drain"):
+    cache = DiskCache.open(args["cache_dir"], args["tenant"])
+    deadline = time.monotonic() + args["drain"]
+    while cache.stats()["batches"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+logging.shutdown()
+print(json.dumps(handler.stats()))
+"""
+
+
+def _spawn(name: str, endpoint: str, cache_dir: Path, **args: Any) -> subprocess.Popen:
+    spec = {
+        "name": name,
+        "key": KEY,
+        "tenant": TENANT,
+        "endpoint": endpoint,
+        "cache_dir": str(cache_dir),
+        "records": 0,
+        "threads": 1,
+        **args,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(spec)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(process: subprocess.Popen, timeout: float = 120) -> Dict[str, Any]:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _identities(events: List[Dict[str, Any]]) -> Counter[Tuple[str, int]]:
+    return Counter((e["ext"]["sdk"]["epoch"], e["ext"]["sdk"]["seq"]) for e in events)
+
+
+def _cache_stats(cache_dir: Path) -> Dict[str, Any]:
+    cache = DiskCache.open(str(cache_dir), TENANT)
+    assert cache is not None
+    return dict(cache.stats())
+
+
+def test_records_of_a_process_that_could_not_send_are_delivered_by_the_next(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    stored = _finish(_spawn("a", DEAD_ENDPOINT, tmp_path, records=5000))
+    assert stored["cached"] == 5000
+    assert _cache_stats(tmp_path)["records"] == 5000
+
+    drained = _finish(_spawn("b", onecollector.endpoint, tmp_path, records=1, drain=60))
+
+    assert onecollector.wait_for_events(5001)
+    identities = _identities(onecollector.events)
+    assert len(identities) == 5001 and max(identities.values()) == 1
+    assert drained["accepted"] == 5001
+    assert _cache_stats(tmp_path)["records"] == 0
+
+
+@pytest.mark.timeout(300)
+def test_many_writers_then_several_drainers_deliver_each_record_once(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    writers = [
+        _spawn(f"w{n}", DEAD_ENDPOINT, tmp_path, records=1000, threads=2)
+        for n in range(8)
+    ]
+    for writer in writers:
+        assert _finish(writer)["cached"] == 2000
+
+    drainers = [
+        _spawn(f"d{n}", onecollector.endpoint, tmp_path, records=1, drain=120)
+        for n in range(3)
+    ]
+    for drainer in drainers:
+        _finish(drainer, timeout=180)
+
+    assert onecollector.wait_for_events(16_003, timeout=60)
+    identities = _identities(onecollector.events)
+    assert len(identities) == 16_003
+    assert max(identities.values()) == 1
+    texts = {e["data"]["formattedMessage"] for e in onecollector.events}
+    assert len({t for t in texts if t.startswith("pw")}) == 16_000
+
+
+def test_sixteen_processes_starting_at_once_on_a_fresh_cache(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    cache_dir = tmp_path / "fresh" / "cache"
+    processes = [
+        _spawn(f"s{n}", onecollector.endpoint, cache_dir, records=1) for n in range(16)
+    ]
+
+    results = [_finish(p) for p in processes]
+
+    assert sum(r.get("accepted", 0) for r in results) == 16
+    assert onecollector.wait_for_events(16)
+
+
+def test_bad_files_in_the_cache_do_not_stop_good_batches(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    writer = OneCollectorHandler(
+        KEY, endpoint=DEAD_ENDPOINT, cache_dir=str(tmp_path), shutdown_timeout=2
+    )
+    logger = isolated_logger("app.mixed", writer)
+    for i in range(3):
+        logger.info("good %d", i)
+        writer.flush()
+    writer.close()
+    partition = tmp_path / TENANT
+    (partition / "0-empty.batch").write_bytes(b"")
+    good = sorted(partition.glob("*.batch"))[0].read_bytes()
+    (partition / "00000000000000000001-1-1-ab-1.batch").write_bytes(
+        good[: len(good) // 2]
+    )
+    (partition / "00000000000000000002-1-1-cd-1.batch").write_bytes(os.urandom(300))
+
+    reader = OneCollectorHandler(
+        KEY, endpoint=onecollector.endpoint, cache_dir=str(tmp_path)
+    )
+    isolated_logger("app.mixed", reader).info("live")
+    reader.flush()
+    assert onecollector.wait_for_events(4)
+    reader.close()
+
+    assert sorted(e["data"]["formattedMessage"] for e in onecollector.events) == [
+        "good 0",
+        "good 1",
+        "good 2",
+        "live",
+    ]
+    assert _cache_stats(tmp_path)["batches"] == 0
+
+
+def test_a_bounded_cache_keeps_the_newest_records_of_a_long_outage(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    bound = 1024 * 1024
+    stored = _finish(
+        _spawn(
+            "outage",
+            DEAD_ENDPOINT,
+            tmp_path,
+            records=20_000,
+            options={"cache_max_bytes": bound},
+        )
+    )
+    on_disk = sum(
+        f.stat().st_size for f in (tmp_path / TENANT).iterdir() if f.is_file()
+    )
+    assert on_disk <= bound
+    evicted = stored["dropped"]["cache_full"]
+    assert evicted > 0
+    kept = _cache_stats(tmp_path)["records"]
+    assert stored["cached"] - evicted == kept
+
+    _finish(_spawn("after", onecollector.endpoint, tmp_path, records=1, drain=60))
+
+    assert onecollector.wait_for_events(kept + 1)
+    outage = [
+        e for e in onecollector.events if "poutage" in e["data"]["formattedMessage"]
+    ]
+    seqs = sorted(e["ext"]["sdk"]["seq"] for e in outage)
+    assert seqs == list(range(20_001 - len(seqs), 20_001))
+
+
+def test_a_drainer_killed_mid_drain_leaves_the_rest_to_the_next(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    _finish(_spawn("w", DEAD_ENDPOINT, tmp_path, records=2000))
+    batches = _cache_stats(tmp_path)["batches"]
+    assert batches >= 4
+    onecollector.script_always(Answer(delay_s=0.2))
+    victim = _spawn("v", onecollector.endpoint, tmp_path, records=1, drain=60)
+    assert onecollector.wait_for_requests(3, timeout=30)
+
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=30)
+    onecollector.script_always(None)
+    _finish(_spawn("n", onecollector.endpoint, tmp_path, records=1, drain=60))
+
+    writer_events = [
+        e for e in onecollector.events if "pw " in e["data"]["formattedMessage"]
+    ]
+    identities = _identities(writer_events)
+    assert len(identities) == 2000
+    duplicates = sum(n - 1 for n in identities.values())
+    assert duplicates <= 500
+
+
+def test_a_kill_window_is_honoured_by_the_next_process(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    onecollector.kill(TENANT, 600)
+    first = _finish(_spawn("k1", onecollector.endpoint, tmp_path, records=1))
+    assert first["accepted"] == 1
+
+    second = _finish(_spawn("k2", onecollector.endpoint, tmp_path, records=50))
+
+    assert len(onecollector.requests) == 1
+    assert second["dropped"]["killed"] == 50
+    assert _cache_stats(tmp_path)["records"] == 0
+    assert _cache_stats(tmp_path)["kill_until"] > 0
+
+
+def test_cache_command_line(onecollector: LocalCollector, tmp_path: Path) -> None:
+    _finish(_spawn("cli", DEAD_ENDPOINT, tmp_path, records=30))
+
+    def cli(*args: str, key: Optional[str] = KEY) -> str:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if key:
+            env["ONECOLLECTOR_INSTRUMENTATION_KEY"] = key
+        result = subprocess.run(
+            [sys.executable, "-m", "onecollector_logging", "cache", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        return f"{result.returncode}\n{result.stdout}{result.stderr}"
+
+    stats = cli("stats", "--cache-dir", str(tmp_path))
+    assert stats.startswith("0\n") and TENANT in stats and "30" in stats
+    refused = cli("purge", "--cache-dir", str(tmp_path))
+    assert refused.startswith("1\n")
+    flushed = cli(
+        "flush", "--cache-dir", str(tmp_path), "--endpoint", onecollector.endpoint
+    )
+    assert flushed.startswith("0\n") and "30 record(s) sent" in flushed
+    assert len(onecollector.events) == 30
+    assert KEY not in stats + flushed
+
+    _finish(_spawn("cli2", DEAD_ENDPOINT, tmp_path, records=5))
+    purged = cli("purge", "--yes", "--cache-dir", str(tmp_path))
+    assert purged.startswith("0\n")
+    assert _cache_stats(tmp_path)["records"] == 0
