@@ -286,3 +286,49 @@ def test_cache_command_line(onecollector: LocalCollector, tmp_path: Path) -> Non
     purged = cli("purge", "--yes", "--cache-dir", str(tmp_path))
     assert purged.startswith("0\n")
     assert _cache_stats(tmp_path)["records"] == 0
+
+
+def test_draining_stops_at_the_first_failure_and_is_paced(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    writer = OneCollectorHandler(
+        KEY, endpoint=DEAD_ENDPOINT, cache_dir=str(tmp_path), shutdown_timeout=2
+    )
+    logger = isolated_logger("app.outage", writer)
+    for i in range(20):
+        logger.info("stored %d", i)
+        writer.flush()
+    writer.close()
+    assert _cache_stats(tmp_path)["batches"] == 20
+    onecollector.script(Answer(503))
+    reader = OneCollectorHandler(
+        KEY, endpoint=onecollector.endpoint, cache_dir=str(tmp_path)
+    )
+    live = isolated_logger("app.outage", reader)
+    live.info("live 1")
+    assert onecollector.wait_for_requests(1)
+
+    def failed_at() -> int:
+        statuses = [r.status for r in onecollector.requests]
+        return statuses.index(503) if 503 in statuses else -1
+
+    while failed_at() < 0:
+        assert onecollector.wait_for_requests(len(onecollector.requests) + 1)
+    live.info("live 2")
+    reader.flush()
+    assert onecollector.wait_for_events(22, timeout=30)
+    reader.close()
+
+    requests = onecollector.requests
+    after_failure = requests[failed_at() + 1]
+    assert all(
+        e["data"]["formattedMessage"].startswith("live") for e in after_failure.events
+    )
+    drains = [
+        r.received_at
+        for r in requests
+        if r.status == 200 and r.events[0]["data"]["formattedMessage"].startswith("st")
+    ]
+    assert len(drains) == 20
+    gaps = [b - a for a, b in zip(drains, drains[1:])]
+    assert min(gaps) >= 0.04

@@ -1,0 +1,128 @@
+"""python -m onecollector_logging: demo, collector and send."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import requests
+from support import KEY, TENANT
+
+from onecollector_logging.testing import Answer, LocalCollector
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "onecollector_logging", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def test_demo_shows_every_workload_record_accepted() -> None:
+    result = _cli("demo")
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "records logged:            9" in lines
+    assert "events accepted:           9" in lines
+    assert "events rejected:           0" in lines
+    assert "Contoso.App.OrderShipped" in result.stdout
+    assert '"exceptionType": "KeyError"' in result.stdout
+
+
+def test_send_prints_the_collectors_verdict(onecollector: LocalCollector) -> None:
+    result = _cli(
+        "send",
+        "--instrumentation-key",
+        KEY,
+        "--endpoint",
+        onecollector.endpoint,
+        "--name",
+        "Contoso.Probe.Check",
+        "--data",
+        '{"answer": 42}',
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "status:          200" in result.stdout
+    assert '{"acc":1}' in result.stdout
+    assert KEY not in result.stdout and TENANT in result.stdout
+    assert onecollector.events[0]["data"]["answer"] == 42
+    assert onecollector.events[0]["name"] == "Contoso.Probe.Check"
+
+
+def test_send_shows_a_rejection_with_its_collector_error(
+    onecollector: LocalCollector,
+) -> None:
+    onecollector.script(
+        Answer(
+            401,
+            headers={"Collector-Error": "Invalid Tenant Token"},
+            body={"acc": 0, "efi": {"InvalidTenantToken": "all"}},
+        )
+    )
+
+    result = _cli(
+        "send", "--instrumentation-key", KEY, "--endpoint", onecollector.endpoint
+    )
+
+    assert result.returncode == 1
+    assert "status:          401" in result.stdout
+    assert "Collector-Error: Invalid Tenant Token" in result.stdout
+    assert "InvalidTenantToken" in result.stdout
+
+
+def test_send_refuses_bad_input_clearly() -> None:
+    no_hyphen = _cli("send", "--instrumentation-key", "nohyphen")
+    bad_data = _cli("send", "--instrumentation-key", KEY, "--data", "{")
+
+    assert no_hyphen.returncode == 2 and "instrumentation_key" in no_hyphen.stderr
+    assert bad_data.returncode == 2 and "--data" in bad_data.stderr
+
+
+def test_collector_command_prints_each_accepted_event() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "onecollector_logging", "collector"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        endpoint = banner.split()[-1]
+        envelope = {
+            "ver": "4.0",
+            "name": "Contoso.Cli.Check",
+            "time": "2026-12-03T10:11:12.345Z",
+            "iKey": f"o:{TENANT}",
+            "data": {"k": "v"},
+        }
+        answer = requests.post(
+            endpoint,
+            data=json.dumps(envelope),
+            headers={
+                "Content-Type": "application/x-json-stream",
+                "x-apikey": KEY,
+            },
+            timeout=10,
+        )
+        printed: List[str] = [process.stdout.readline()]
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+    assert answer.status_code == 200
+    assert json.loads(printed[0])["name"] == "Contoso.Cli.Check"
