@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -332,3 +333,29 @@ def test_draining_stops_at_the_first_failure_and_is_paced(
     assert len(drains) == 20
     gaps = [b - a for a, b in zip(drains, drains[1:])]
     assert min(gaps) >= 0.04
+
+
+def test_an_unusable_cache_location_falls_back_to_memory_with_one_warning(
+    onecollector: LocalCollector,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    handler = OneCollectorHandler(
+        KEY, endpoint=onecollector.endpoint, cache_dir=str(link), flush_interval_s=0.05
+    )
+    logger = isolated_logger("app.nocache", handler)
+
+    with caplog.at_level(logging.WARNING, logger="onecollector_logging"):
+        for i in range(5):
+            logger.info("n%d", i)
+            handler.flush()
+        handler.close()
+
+    assert onecollector.wait_for_events(5)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(link) in warnings[0].getMessage()
+    assert list(real.iterdir()) == []
