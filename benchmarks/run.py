@@ -287,27 +287,56 @@ _MEDIAN_KEYS = (
 )
 
 
-def measure(scenario: Scenario, port: int, workdir: str) -> Dict[str, Any]:
-    """Run a scenario (``repeat`` times) and summarize it; medians if repeated."""
+def measure_all(
+    scenarios: List[Scenario], port: int, workdir: str
+) -> List[Dict[str, Any]]:
+    """Run every scenario; repeats go in rounds, so that a change in the load of
+    the machine falls on every handler alike rather than on one of them."""
+    runs: Dict[str, List[Dict[str, Any]]] = {s["key"]: [] for s in scenarios}
+    failed: Dict[str, str] = {}
+    for scenario in scenarios:
+        if scenario["needs"] and not _importable(scenario["needs"]):
+            failed[scenario["key"]] = "skipped"
+    rounds = max((s["repeat"] for s in scenarios), default=0)
+    for round_no in range(rounds):
+        for scenario in scenarios:
+            key = scenario["key"]
+            if round_no >= scenario["repeat"] or key in failed:
+                continue
+            print(
+                f"[{round_no + 1}/{rounds}] {key} ({scenario['records']:,} records)",
+                flush=True,
+            )
+            raw = run_worker(scenario, port, workdir)
+            if raw.get("ok"):
+                raw.update(derive(raw))
+            else:
+                failed[key] = raw.get("error", "failed")
+            runs[key].append(raw)
+    return [summarize(s, runs[s["key"]], failed.get(s["key"])) for s in scenarios]
+
+
+def summarize(
+    scenario: Scenario, runs: List[Dict[str, Any]], failure: Optional[str]
+) -> Dict[str, Any]:
+    """One table row: medians over the runs, their spread, the last run's facts."""
     entry: Dict[str, Any] = {k: scenario[k] for k in ("key", "label", "records")}
-    if scenario["needs"] and not _importable(scenario["needs"]):
+    entry["runs"] = runs
+    if failure == "skipped":
         entry["skipped"] = (
             f"{scenario['needs']} is not installed "
             "(pip install -r benchmarks/requirements.txt)"
         )
         return entry
-    runs: List[Dict[str, Any]] = []
-    for _ in range(scenario["repeat"]):
-        raw = run_worker(scenario, port, workdir)
-        if not raw.get("ok"):
-            entry["error"] = raw.get("error", "failed")
-            entry["runs"] = [*runs, raw]
-            return entry
-        raw.update(derive(raw))
-        runs.append(raw)
+    if failure is not None:
+        entry["error"] = failure
+        return entry
+    entry["spread"] = {}
     for key in _MEDIAN_KEYS:
         values = [r[key] for r in runs if r.get(key) is not None]
         entry[key] = statistics.median(values) if values else None
+        if len(values) > 1:
+            entry["spread"][key] = [min(values), max(values)]
     last = runs[-1]
     json_module = (last.get("subject") or {}).get("orjson_loaded")
     if json_module is not None:
@@ -315,7 +344,6 @@ def measure(scenario: Scenario, port: int, workdir: str) -> Dict[str, Any]:
     for key in ("delivered", "complete", "stalled", "deadline_hit", "subject"):
         entry[key] = last.get(key)
     entry["baseline_rss_mib"] = last["baseline_rss_mib"]
-    entry["runs"] = runs
     return entry
 
 
@@ -472,6 +500,14 @@ def machine() -> Dict[str, Any]:
     }
 
 
+def _load_average() -> Optional[List[float]]:
+    # Other processes on the machine inflate every figure; the load average
+    # tells the reader how quiet it was.
+    if not hasattr(os, "getloadavg"):
+        return None
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 _COLUMNS: Tuple[Tuple[str, str, int], ...] = (
     ("scenario", "label", 38),
     ("records", "records", 9),
@@ -530,6 +566,12 @@ def report(document: Dict[str, Any]) -> str:
         f"{document['mode']} run, {info['cpu_model']}, {info['cpus_usable']} usable"
         f" CPUs, Python {info['python']}, orjson installed: {info['orjson_installed']}"
     )
+    load = document.get("load_average") or {}
+    if load.get("before"):
+        head += (
+            f"\nload average (1, 5, 15 min) before {load['before']},"
+            f" after {load['after']}; medians of repeated runs"
+        )
     parts = [head, "", table(document["scenarios"]), "", "Targets:"]
     for target in document["targets"]:
         parts.append(f"  [{target['verdict']}] {target['name']}: {target['shown']}")
@@ -694,7 +736,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--repeat",
         type=int,
         default=None,
-        help="runs of the cheap scenarios, medians reported (default: 1 quick, 3 full)",
+        help="runs of the cheap scenarios, medians reported (default: 3 quick, 5 full)",
     )
     parser.add_argument(
         "--only", default="", help="comma-separated scenario keys to run"
@@ -703,7 +745,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--profile", action="store_true", help="profile our handler with py-spy"
     )
     args = parser.parse_args(argv)
-    repeat = args.repeat or (1 if args.quick else 3)
+    repeat = args.repeat or (3 if args.quick else 5)
     scenarios = plan(args.quick, repeat)
     if args.only:
         wanted = set(args.only.split(","))
@@ -712,19 +754,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     with sink_process() as port, tempfile.TemporaryDirectory() as workdir:
         if args.profile:
             return profile(args, port, workdir)
-        entries = []
-        for scenario in scenarios:
-            print(
-                f"running {scenario['key']} ({scenario['records']:,} records)...",
-                flush=True,
-            )
-            entries.append(measure(scenario, port, workdir))
+        load_before = _load_average()
+        entries = measure_all(scenarios, port, workdir)
     results = {e["key"]: e for e in entries}
     document: Dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - started, 1),
         "machine": machine(),
+        "load_average": {"before": load_before, "after": _load_average()},
         "scenarios": entries,
         "targets": evaluate(results, args.quick),
         "ratios": ratios(results),

@@ -14,7 +14,7 @@ import logging
 import math
 import platform
 import time
-from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from . import _schema
 from ._record import OWN_KEYS, Snapshot
@@ -42,6 +42,7 @@ _MIN_CUT_BYTES = 128
 _MARKER_ROOM = 40
 
 _HANDLER_SLOTS = {"os", "sdk", "dt"}
+_INT64_MAX = 2**63 - 1
 _MAX_NAMES = 1024
 _HEX = frozenset("0123456789abcdef")
 
@@ -262,7 +263,7 @@ class EnvelopeBuilder:
         self._ext_head = encoded_ext[: -len(b"1}}")]
         self._ikey = dumps_json(_schema.ikey_of(tenant))
         longest = self._line(
-            "N" * 100, 0.0, 2**63 - 1, b"{}", _dt_part("0" * 32, "0" * 16)
+            "N" * 100, 0.0, _INT64_MAX, b"{}", _dt_part("0" * 32, "0" * 16)
         )
         least = max(MIN_EVENT_BYTES, len(longest) + 512)
         if max_event_bytes < least:
@@ -311,7 +312,8 @@ class EnvelopeBuilder:
                 text = _schema.format_time(whole)[:19].encode("ascii")
                 self._second = (whole, text)
             # as format_time: truncated, never rounded up
-            millis = min(int((created - whole) * 1000), 999)
+            millis = int((created - whole) * 1000)
+            millis = min(millis, 999)
         except (TypeError, ValueError, OverflowError, OSError):
             # A record made by hand with a nonsensical time: now is the best guess.
             return _schema.format_time(time.time()).encode("ascii")
@@ -484,15 +486,18 @@ def _fix_text(value: JSONValue) -> JSONValue:
 
 
 def _seq_of(seq: int) -> bytes:
-    if type(seq) is not int or seq < 0:
-        try:
-            seq = max(int(seq), 0)
-        except (TypeError, ValueError, OverflowError):
-            seq = 0
-    return str(min(seq, 2**63 - 1)).encode("ascii")
+    if type(seq) is int and 0 <= seq <= _INT64_MAX:
+        return b"%d" % seq
+    try:
+        seq = min(max(int(seq), 0), _INT64_MAX)
+    except (TypeError, ValueError, OverflowError):
+        seq = 0
+    return b"%d" % seq
 
 
 def _dt_part(trace_id: Optional[str], span_id: Optional[str]) -> Optional[bytes]:
+    if trace_id is None and span_id is None:
+        return None
     fields: List[str] = []
     if _is_hex(trace_id, 32):
         fields.append(f'"traceId":"{trace_id}"')
@@ -516,7 +521,7 @@ _PLAIN_FLOAT_MIN = 1e-4
 _PLAIN_FLOAT_MAX = 1e16
 
 #: Values on which orjson must agree with the standard library, byte for byte,
-#: before it is used at all (it has changed its number formatting before).
+#: before it is used at all, in case an orjson version formats them differently.
 _AGREEMENT_PROBE: Dict[str, JSONValue] = {
     "floats": [6.0, 0.1, 1e-4, 0.00012345, 123456.789, 1e15, 9999999999999998.0, -0.0],
     "ints": [0, -1, 2**53 + 1, 2**63 - 1, -(2**63)],
@@ -541,23 +546,29 @@ def _default_dumps() -> Dumps:
         return dumps_json
 
     def dumps(value: object) -> bytes:
-        if isinstance(value, dict) and _plain_numbers(value.values()):
+        if type(value) is dict and _same_in_orjson(value.values()):
             return fast(value)
         return dumps_json(value)
 
     return dumps
 
 
-def _plain_numbers(values: object) -> bool:
-    for value in values:  # type: ignore[attr-defined]
-        kind = type(value)
-        if kind is float:
+def _same_in_orjson(values: Iterable[object]) -> bool:
+    """Return whether orjson writes *values* exactly as the standard library."""
+    for value in values:
+        if type(value) is str or type(value) is bool or value is None:
+            continue
+        if type(value) is int:
+            if -_INT64_MAX - 1 <= value <= _INT64_MAX:
+                continue
+        elif type(value) is float:
             magnitude = abs(value)
-            if not (_PLAIN_FLOAT_MIN <= magnitude < _PLAIN_FLOAT_MAX or not magnitude):
-                return False
-        elif kind is list:
-            if not _plain_numbers(value):
-                return False
-        elif kind is dict and not _plain_numbers(value.values()):
-            return False
+            if _PLAIN_FLOAT_MIN <= magnitude < _PLAIN_FLOAT_MAX or not magnitude:
+                continue
+        elif type(value) is list:
+            if _same_in_orjson(value):
+                continue
+        elif type(value) is dict and _same_in_orjson(value.values()):
+            continue
+        return False
     return True

@@ -11,6 +11,8 @@ formatting beyond ``getMessage()``.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 import traceback
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
@@ -233,9 +235,14 @@ def snapshot(
     logger_name = record.name
     if type(logger_name) is not str:
         logger_name = safe_str(logger_name)
+    formatter = options.formatter
+    try:
+        message = record.getMessage() if formatter is None else formatter.format(record)
+    except Exception as exc:
+        message = _format_failed(body, exc)
     data: Dict[str, JSONValue] = {
         "body": body,
-        "formattedMessage": _message(record, body, options.formatter),
+        "formattedMessage": message if type(message) is str else safe_str(message),
         "severityText": levelname if type(levelname) is str else safe_str(levelname),
         "severityNumber": _SEVERITY[levelno]
         if type(levelno) is int and 0 <= levelno <= 60
@@ -248,10 +255,13 @@ def snapshot(
         data["code.function"] = to_json(record.funcName)
     if record.exc_info or record.exc_text:
         _add_exception(data, record, options.exception_max_chars)
+        if not options.code_location and "exceptionStack" in data:
+            data["exceptionStack"] = anonymize_paths(str(data["exceptionStack"]))
     if record.stack_info:
-        data["stackInfo"] = _keep_end(
-            safe_str(record.stack_info), options.exception_max_chars
-        )
+        stack_info = safe_str(record.stack_info)
+        if not options.code_location:
+            stack_info = anonymize_paths(stack_info)
+        data["stackInfo"] = _keep_end(stack_info, options.exception_max_chars)
     extras = _extra_keys(attrs)
     if extras:
         _add_extras(data, attrs, extras)
@@ -269,16 +279,10 @@ def snapshot(
     return Snapshot(name, record.created, seq, data, trace_id, span_id)
 
 
-def _message(
-    record: logging.LogRecord, body: str, formatter: Optional[logging.Formatter]
-) -> str:
-    try:
-        text = record.getMessage() if formatter is None else formatter.format(record)
-    except Exception as exc:
-        # What the stdlib would print through handleError and then lose; the
-        # template and the reason are worth more than nothing.
-        return f"{body} <formatting failed: {type(exc).__name__}: {safe_str(exc)}>"
-    return text if type(text) is str else safe_str(text)
+def _format_failed(body: str, error: Exception) -> str:
+    # What the stdlib would print through handleError and then lose; the
+    # template and the reason are worth more than nothing.
+    return f"{body} <formatting failed: {type(error).__name__}: {safe_str(error)}>"
 
 
 def _severity_slow(levelno: object) -> int:
@@ -319,6 +323,34 @@ def _add_extras(
         data[EXTRA_PREFIX + key if key in OWN_KEYS else key] = (
             value if type(value) is str else to_json(value)
         )
+
+
+_TRACEBACK_FILE = re.compile(r'File "([^"]+)"')
+
+
+def anonymize_paths(stack: str) -> str:
+    """Cut the file paths of a formatted stack to their import-relative part.
+
+    Absolute paths name the user (``/home/alice/...``) and the machine's
+    layout; ``requests/api.py`` says as much about the failure. A file outside
+    every ``sys.path`` entry keeps its base name only.
+    """
+    roots = sorted(
+        (os.path.join(os.path.abspath(p), "") for p in sys.path if p),
+        key=len,
+        reverse=True,
+    )
+
+    def shorten(match: re.Match[str]) -> str:
+        path = match.group(1)
+        if not os.path.isabs(path):
+            return match.group(0)
+        for root in roots:
+            if path.startswith(root):
+                return f'File "{path[len(root) :]}"'
+        return f'File "{os.path.basename(path)}"'
+
+    return _TRACEBACK_FILE.sub(shorten, stack)
 
 
 def _add_exception(

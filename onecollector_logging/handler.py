@@ -225,6 +225,7 @@ class OneCollectorHandler(logging.Handler):
             ext=settings.extensions,
             os_name=os_name,
             os_ver=os_ver,
+            counters=self.counters,
         )
         transport = Transport(
             endpoint=self.endpoint,

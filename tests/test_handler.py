@@ -381,3 +381,40 @@ def test_stats_count_accepted_records(onecollector: LocalCollector, make: Make) 
     assert onecollector.wait_for_events(7)
     assert handler.stats()["accepted"] == 7
     assert all(r.status == 200 for r in onecollector.requests)
+
+
+def test_nothing_identifying_is_sent_by_default(
+    onecollector: LocalCollector, make: Make
+) -> None:
+    import getpass
+    import socket
+
+    logger = isolated_logger("app.private", make())
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("failed")
+    logger.info("plain", stack_info=True)
+    logger.handlers[0].flush()
+
+    assert onecollector.wait_for_events(2)
+    text = "".join(r.text for r in onecollector.requests)
+    assert __file__ not in text and str(Path(__file__).parent) not in text
+    assert "test_handler.py" in text
+    assert socket.gethostname() not in text
+    assert f'"{getpass.getuser()}"' not in text
+    assert "code.filepath" not in text
+
+
+def test_code_location_is_opt_in(onecollector: LocalCollector, make: Make) -> None:
+    logger = isolated_logger("app.where", make(code_location=True))
+
+    logger.info("here")
+    logger.handlers[0].flush()
+
+    assert onecollector.wait_for_events(1)
+    data = onecollector.events[0]["data"]
+    assert data["code.filepath"] == __file__
+    assert data["code.function"] == "test_code_location_is_opt_in"
+    assert isinstance(data["code.lineno"], int)
