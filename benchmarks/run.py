@@ -591,7 +591,7 @@ def report(document: Dict[str, Any]) -> str:
 #: Stage of a sampled stack: the first marker met walking from the leaf up.
 _STAGES = (
     ("compression", ("compress (", "zlib", "gzip")),
-    ("time formatting (format_time)", ("format_time (", "_time_of (")),
+    ("time formatting", ("format_time (", "_time_of (", "._time (")),
     ("JSON encoding of data", ("json/", "dumps (", "_plain_numbers (")),
     ("envelope assembly (rest of serialize)", ("_envelope.py",)),
     ("kill-window check (reads kill.json)", ("kill_until (", "KillWindow.")),
@@ -638,6 +638,7 @@ def profile(args: argparse.Namespace, port: int, workdir: str) -> int:
         return 1
     raw.update(derive(raw))
     summary = summarize_profile(raw_path, records)
+    summary += "\n\n" + stage_table(port, workdir, records)
     summary += (
         "\n\nProfiled run (slowed by sampling):"
         f" caller {raw['caller_us']:.1f} us/record,"
@@ -651,6 +652,21 @@ def profile(args: argparse.Namespace, port: int, workdir: str) -> int:
     print(summary)
     print(f"\nwritten: {path} (collapsed stacks: {raw_path})")
     return 0
+
+
+def stage_table(port: int, workdir: str, records: int) -> str:
+    """Each stage of our handler timed alone, on one thread, per record."""
+    scenario = _scenario("stages", "stages", "stages", min(records, 50_000))
+    raw = run_worker(scenario, port, workdir)
+    if not raw.get("ok"):
+        return f"stage costs: failed ({raw.get('error')})"
+    costs: Dict[str, float] = raw["us_per_record"]
+    lines = [
+        f"Stages timed one by one on one thread (process CPU, {raw['records']:,}"
+        f" records, {raw['batch']} per request or cached batch):"
+    ]
+    lines += [f"  {value:6.2f} us  {name}" for name, value in costs.items()]
+    return "\n".join(lines)
 
 
 def _find_tool(name: str) -> Optional[str]:

@@ -13,6 +13,7 @@ Usage (normally through ``run.py``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import http.client
 import importlib
@@ -26,7 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 #: A plausible application record: a %-format template, three arguments.
 MESSAGE = "order %d shipped from %s in %.1f ms"
@@ -358,9 +359,89 @@ def _complete(
     }
 
 
+def stage_costs(args: argparse.Namespace) -> Dict[str, Any]:
+    """Microseconds per record of each stage of our handler, run one after the
+    other on one thread: what the work costs without any thread switching.
+
+    Uses the handler's private parts; run by ``run.py --profile`` only.
+    """
+    from onecollector_logging import OneCollectorHandler
+    from onecollector_logging._cache import DiskCache
+    from onecollector_logging._record import snapshot
+    from onecollector_logging._transport import compress
+
+    n = args.records
+    batch = 500
+    cache_dir = tempfile.mkdtemp(prefix="ocl-bench-stages-")
+    handler = OneCollectorHandler(
+        FAKE_KEY,
+        endpoint=f"http://127.0.0.1:{args.port}/OneCollector/1.0/",
+        cache_dir=cache_dir,
+    )
+    pipeline = handler._pipeline
+    assert pipeline is not None
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(logging.NullHandler())
+    records: List[logging.LogRecord] = []
+    costs: Dict[str, float] = {}
+
+    def keep(record: logging.LogRecord) -> bool:
+        records.append(record)
+        return False
+
+    with _timer(costs, "logger.info into a NullHandler", n):
+        for i in range(n):
+            logger.info(MESSAGE, i, "warehouse-7", 12.5)
+    logger.addFilter(keep)
+    for i in range(n):
+        logger.info(MESSAGE, i, "warehouse-7", 12.5)
+    options = handler._record_options
+    with _timer(costs, "snapshot (emit, caller's thread)", n):
+        snaps = [snapshot(r, options, i) for i, r in enumerate(records)]
+    queue: List[Any] = []
+    with _timer(costs, "queue append (Pipeline.put minus start)", n):
+        for snap in snaps:
+            queue.append(snap)
+    serialize = pipeline._serialize
+    with _timer(costs, "serialize (envelope line)", n):
+        lines = [serialize(snap) for snap in snaps]
+    batches = [lines[i : i + batch] for i in range(0, n, batch)]
+    with _timer(costs, "join + raw deflate", n):
+        for part in batches:
+            compress(b"\n".join(part), "deflate")
+    transport = pipeline.transport
+    with _timer(costs, "HTTP POST to the sink (requests)", n):
+        for part in batches:
+            transport.post(part)
+    cache = DiskCache.open(cache_dir, handler.tenant)
+    assert cache is not None
+    with _timer(costs, "disk cache put (spill)", n):
+        for part in batches:
+            cache.put(part)
+    with _timer(costs, "disk cache claim + done (drain)", n):
+        while True:
+            claim = cache.claim()
+            if claim is None:
+                break
+            claim.done()
+    transport.close()
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    return {"records": n, "batch": batch, "us_per_record": costs}
+
+
+@contextlib.contextmanager
+def _timer(costs: Dict[str, float], name: str, n: int) -> Iterator[None]:
+    gc.collect()
+    start = time.process_time()
+    yield
+    costs[name] = (time.process_time() - start) / n * 1e6
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="run one benchmark scenario")
-    parser.add_argument("handler", choices=sorted(SETUPS))
+    parser.add_argument("handler", choices=[*sorted(SETUPS), "stages"])
     parser.add_argument("--records", type=int, required=True)
     parser.add_argument("--port", type=int, required=True, help="the sink's port")
     parser.add_argument(
@@ -377,7 +458,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.handler in THIRD_PARTY_NETWORK:
         sys.addaudithook(_guard)
     try:
-        result = run(args)
+        result = stage_costs(args) if args.handler == "stages" else run(args)
         result["ok"] = True
     except Exception as exc:
         logging.getLogger(__name__).exception("scenario %s failed", args.handler)

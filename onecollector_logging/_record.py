@@ -261,18 +261,18 @@ def snapshot(
         stack_info = safe_str(record.stack_info)
         if not options.code_location:
             stack_info = anonymize_paths(stack_info)
-        data["stackInfo"] = _keep_end(stack_info, options.exception_max_chars)
+        data["stackInfo"] = keep_end(stack_info, options.exception_max_chars)
     extras = _extra_keys(attrs)
     if extras:
         _add_extras(data, attrs, extras)
 
     name = options.name_for(logger_name)
     if "event_name" in attrs:
-        name = _override_name(attrs["event_name"], name, data, options)
+        name = override_name(attrs["event_name"], name, data, options)
     trace_id, span_id = _trace_context(attrs)
 
     if options.redact is not None:
-        redacted = _redact(options.redact, data, options)
+        redacted = redact_data(options.redact, data, options)
         if redacted is None:
             return None
         data = redacted
@@ -359,7 +359,7 @@ def _add_exception(
     error = _exception_of(record.exc_info)
     if error is None:
         if record.exc_text:
-            data["exceptionStack"] = _keep_end(safe_str(record.exc_text), max_chars)
+            data["exceptionStack"] = keep_end(safe_str(record.exc_text), max_chars)
         return
     kind = type(error)
     module = getattr(kind, "__module__", None)
@@ -372,7 +372,7 @@ def _add_exception(
         stack = "".join(traceback.format_exception(kind, error, error.__traceback__))
     except Exception:
         stack = safe_str(record.exc_text) if record.exc_text else safe_repr(error)
-    data["exceptionStack"] = _keep_end(stack.rstrip("\n"), max_chars)
+    data["exceptionStack"] = keep_end(stack.rstrip("\n"), max_chars)
 
 
 def _exception_of(exc_info: object) -> Optional[BaseException]:
@@ -385,7 +385,7 @@ def _exception_of(exc_info: object) -> Optional[BaseException]:
     return None
 
 
-def _keep_end(text: str, max_chars: int) -> str:
+def keep_end(text: str, max_chars: int) -> str:
     if len(text) <= max_chars:
         return text
     # The marker is at most 34 characters for any realistic length.
@@ -393,7 +393,7 @@ def _keep_end(text: str, max_chars: int) -> str:
     return f"…[truncated {cut} chars]\n" + text[cut:]
 
 
-def _override_name(
+def override_name(
     value: object, fallback: str, data: Dict[str, JSONValue], options: RecordOptions
 ) -> str:
     if _schema.is_valid_event_name(value):
@@ -403,7 +403,7 @@ def _override_name(
     return fallback
 
 
-def _redact(
+def redact_data(
     redact: Redactor, data: Dict[str, JSONValue], options: RecordOptions
 ) -> Optional[Dict[str, JSONValue]]:
     try:

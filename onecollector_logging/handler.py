@@ -14,8 +14,7 @@ from . import _cache, _config, _schema
 from ._batcher import Pipeline, own_activity, real_monotonic
 from ._directives import KillWindow, RetryGate
 from ._envelope import EnvelopeBuilder, os_identity, static_ext
-from ._record import RecordOptions, Snapshot, snapshot
-from ._record import _redact as redact_data
+from ._record import RecordOptions, Snapshot, redact_data, snapshot
 from ._stats import Counters
 from ._transport import COMPRESSIONS, DEFAULT_MAX_ATTEMPTS, SDK_VERSION, Transport
 from .exceptions import ConfigurationError
@@ -336,11 +335,18 @@ class OneCollectorHandler(logging.Handler):
 
     def flush(self) -> None:
         """Send what is queued (or store it on disk) within *shutdown_timeout*."""
+        self.flush_within(self.shutdown_timeout)
+
+    def flush_within(self, timeout_s: float) -> bool:
+        """Like :meth:`flush`, within ``min(timeout_s, shutdown_timeout)``.
+
+        :returns: whether everything queued was sent or stored in time.
+        """
         if self._pipeline is None or self._closed:
-            return
+            return True
         self._flush_started = real_monotonic()
         try:
-            self._pipeline.flush(self.shutdown_timeout)
+            return self._pipeline.flush(min(timeout_s, self.shutdown_timeout))
         finally:
             self._flush_ended = real_monotonic()
 

@@ -11,11 +11,24 @@ windows, disk cache and counters. Needs the ``otel`` extra
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import weakref
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 try:
     from opentelemetry.sdk._logs import export as _otel_export
@@ -26,13 +39,15 @@ except ImportError as exc:
     ) from exc
 
 from . import _config, _schema
+from ._batcher import real_monotonic
 from ._record import (
     EXTRA_PREFIX,
     OWN_KEYS,
     RecordOptions,
     Snapshot,
-    _keep_end,
-    _override_name,
+    anonymize_paths,
+    keep_end,
+    override_name,
 )
 from ._values import JSONValue, safe_str, to_json
 from .handler import OneCollectorHandler
@@ -41,8 +56,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk._logs.export import LogRecordExporter as _ExporterBase
     from opentelemetry.sdk._logs.export import LogRecordExportResult as _Result
 else:
-    # The SDK renamed both (1.39); the old names remain as deprecated aliases
-    # for a while, and subclassing a deprecated alias warns.
+    # Newer SDKs renamed both and keep the old names as deprecated aliases,
+    # whose subclassing warns.
     _ExporterBase = getattr(_otel_export, "LogRecordExporter", None)
     if _ExporterBase is None:
         _ExporterBase = _otel_export.LogExporter
@@ -189,6 +204,11 @@ class OneCollectorLogExporter(_ExporterBase):
         self._base = self._new_route({})
         self._routes[()] = self._base
         self._configured = self._configured_fields()
+        if hasattr(os, "register_at_fork"):
+            # A fork while a processor thread held the lock would leave the
+            # child's copy locked for ever; the handlers renew themselves.
+            renew = weakref.WeakMethod(self._renew_lock)
+            os.register_at_fork(after_in_child=lambda: _call_if_alive(renew))
 
     # -- LogRecordExporter -------------------------------------------------
 
@@ -209,17 +229,19 @@ class OneCollectorLogExporter(_ExporterBase):
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Send (or store on disk) what was exported so far.
 
-        Waits at most the handler's *shutdown_timeout*; *timeout_millis* cannot
-        shorten it.
+        Waits at most *timeout_millis*, and never longer than the handler's
+        *shutdown_timeout*.
 
-        :return: True when nothing exported is left waiting in memory.
+        :return: True when everything exported was sent or stored in time.
         """
         if self._shut_down:
             return False
-        routes = self._all_routes()
-        for route in routes:
-            route.handler.flush()
-        return all(route.handler.stats()["queued"] == 0 for route in routes)
+        deadline = real_monotonic() + max(0.0, timeout_millis / 1000)
+        done = True
+        for route in self._all_routes():
+            left = max(0.0, deadline - real_monotonic())
+            done = route.handler.flush_within(left) and done
+        return done
 
     def shutdown(self) -> None:
         """Send or store what is left and stop; bounded by *shutdown_timeout*.
@@ -255,13 +277,16 @@ class OneCollectorLogExporter(_ExporterBase):
 
     # -- internals ------------------------------------------------------------
 
+    def _renew_lock(self) -> None:
+        self._lock = threading.Lock()
+
     def _all_routes(self) -> List[_Route]:
         with self._lock:
             return list(self._routes.values())
 
     def _export_one(self, item: Any) -> None:
         # LogData (older SDKs) and ReadableLogRecord both wrap the record in
-        # .log_record; the resource sits on the wrapper or, before 1.39, on
+        # .log_record; the resource sits on the wrapper or, in older SDKs, on
         # the record itself.
         record = getattr(item, "log_record", item)
         resource = getattr(item, "resource", None)
@@ -294,6 +319,9 @@ class OneCollectorLogExporter(_ExporterBase):
         if resource is None:
             return self._base, {}
         with self._lock:
+            if self._shut_down:
+                # A new handler now would outlive the exporter.
+                return self._base, {}
             known = self._resources.get(id(resource))
             # The resource itself is kept in the entry, so its id is not reused.
             if known is not None and known[0] is resource:
@@ -365,6 +393,12 @@ class OneCollectorLogExporter(_ExporterBase):
         return _Route(handler, record_options)
 
 
+def _call_if_alive(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
+
+
 def _route_key(fields: _ExtFields) -> _RouteKey:
     return tuple(
         sorted(
@@ -424,11 +458,15 @@ def snapshot_of(
             continue
         _add_attribute(data, key, value, options)
     for key, value in resource_data.items():
-        data.setdefault(key, value)
+        if key not in data:
+            # Shared by every record of the resource: redact may change it.
+            data[key] = (
+                copy.deepcopy(value) if isinstance(value, (list, dict)) else value
+            )
 
     name = options.name_for(logger_name)
     if event_name is not None:
-        name = _override_name(event_name, name, data, options)
+        name = override_name(event_name, name, data, options)
     return Snapshot(
         name,
         _created(record),
@@ -445,11 +483,13 @@ def _add_attribute(
     if key in _EXCEPTION_KEYS:
         data[_EXCEPTION_KEYS[key]] = safe_str(value)
     elif key == _STACK_ATTRIBUTE:
-        data["exceptionStack"] = _keep_end(
-            safe_str(value).rstrip("\n"), options.exception_max_chars
+        stack = keep_end(safe_str(value).rstrip("\n"), options.exception_max_chars)
+        # As for records: paths name people unless locations were asked for.
+        data["exceptionStack"] = (
+            stack if options.code_location else anonymize_paths(stack)
         )
     elif key.startswith("code."):
-        # Paths can name people and machines: only on request, as for records.
+        # Paths name people and machines: only on request, as for records.
         if options.code_location and key in _CODE_KEYS:
             data[_CODE_KEYS[key]] = to_json(value)
     elif key[:1] == "_" or key in _TRACE_ATTRIBUTES:
