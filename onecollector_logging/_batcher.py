@@ -30,6 +30,7 @@ from ._transport import (
     KILLED,
     REJECTED,
     SPLIT,
+    TRANSIENT,
     Interrupted,
     Outcome,
     Transport,
@@ -61,6 +62,9 @@ _HANDOFF_BATCHES = 2
 #: Slice of a backoff wait after which the clock is read again, so that a test
 #: moving a frozen clock ends the wait promptly.
 _WAIT_SLICE_S = 0.2
+#: How long the batcher waits for the sender before looking at the queue again;
+#: a burst fills the queue by a few hundred records in that time.
+_HANDOFF_WAIT_S = 0.005
 #: How often an idle sender looks for batches other processes left on disk.
 _IDLE_DRAIN_CHECK_S = 30.0
 #: After a failed drain, the next one waits this long unless a live batch
@@ -70,6 +74,22 @@ _FAILED_DRAIN_PAUSE_S = 30.0
 
 _ONE_ATTEMPT = threading.Event()
 _ONE_ATTEMPT.set()
+
+
+class Lines(List[bytes]):
+    """A batch of serialized envelopes, with the creation time of its first
+    record (the disk cache orders batches by it, so eviction takes the oldest)."""
+
+    __slots__ = ("created",)
+
+    def __init__(self, lines: Sequence[bytes] = (), created: float = 0.0) -> None:
+        super().__init__(lines)
+        self.created = created
+
+
+def _created(lines: Sequence[bytes]) -> Optional[float]:
+    created = getattr(lines, "created", 0.0)
+    return created or None
 
 
 class _FlushMarker:
@@ -110,6 +130,7 @@ class Pipeline:
         self._open_cache = open_cache
         self._counters = counters
         self._max_queue = max_queue_records
+        self._yield_mark = max(1, max_queue_records * 3 // 4)
         self._max_batch_records = max_batch_records
         self._max_batch_bytes = max_batch_bytes
         self._flush_interval_s = flush_interval_s
@@ -134,7 +155,9 @@ class Pipeline:
         self._batcher_done = False
         self._flush_requested = 0
         self._flushed = 0
-        self._inflight: Optional[List[bytes]] = None
+        #: Batches the sender has taken and not yet settled: what close()
+        #: stores when the sender is stuck in a request.
+        self._owned: List[List[bytes]] = []
         self._handed_over = False
         self._cache: Any = None
         self._cache_opened = False
@@ -151,13 +174,20 @@ class Pipeline:
     def put(self, snapshot: Any) -> None:
         """Queue *snapshot*; called from ``emit`` on any thread. Never blocks."""
         queue = self._queue
+        if len(queue) >= self._yield_mark and (
+            self._cache is not None or not self._cache_opened
+        ):
+            # The background threads are behind and can spill to disk: give
+            # them the interpreter for a moment rather than drop records. No
+            # lock and no I/O is waited on here.
+            time.sleep(0)
         if len(queue) >= self._max_queue:
             self._counters.add("dropped.queue_full")
             if not self._queue_full_reported:
                 self._queue_full_reported = True
                 log.warning(
-                    "%s: queue full (%d records) and no disk cache to spill to; "
-                    "records are being dropped",
+                    "%s: queue full (%d records): the background threads cannot"
+                    " keep up and records are being dropped",
                     self._name,
                     self._max_queue,
                 )
@@ -196,7 +226,12 @@ class Pipeline:
             self._thread_idents = frozenset(t.ident for t in threads if t.ident)
 
     def queued(self) -> int:
-        return len(self._queue)
+        """Records in memory: queued, batched for the sender, or being sent."""
+        with self._cond:
+            batches = [b for b in self._ready if isinstance(b, list)]
+            held = sum(map(len, batches)) + sum(map(len, self._held))
+            held += sum(map(len, self._owned))
+        return len(self._queue) + held
 
     def flush(self, timeout_s: float) -> bool:
         """Send or store everything queued so far; wait at most *timeout_s*.
@@ -254,9 +289,8 @@ class Pipeline:
     def _store_leftovers(self) -> None:
         with self._cond:
             self._handed_over = True
-            batches: List[List[bytes]] = []
-            if self._inflight is not None:
-                batches.append(self._inflight)
+            batches: List[List[bytes]] = list(self._owned)
+            self._owned.clear()
             batches.extend(b for b in self._ready if isinstance(b, list))
             batches.extend(self._held)
             self._ready.clear()
@@ -316,8 +350,8 @@ class Pipeline:
             if self._closing.is_set() and not self._queue:
                 return
 
-    def _take_batch(self) -> List[bytes]:
-        lines: List[bytes] = []
+    def _take_batch(self) -> Lines:
+        lines = Lines(created=getattr(self._queue[0], "created", 0.0))
         size = 0
         queue = self._queue
         while queue and len(lines) < self._max_batch_records:
@@ -353,7 +387,8 @@ class Pipeline:
                         return
                 if self._should_spill():
                     break
-                self._cond.wait(_WAIT_SLICE_S)
+                # Short: the queue may cross the spill mark meanwhile.
+                self._cond.wait(_HANDOFF_WAIT_S)
         self._spill(batch)
 
     def _should_spill(self) -> bool:
@@ -400,7 +435,10 @@ class Pipeline:
                 self._send(item)
                 continue
             if self._held and not self._interrupt.is_set():
-                self._send(self._held.popleft())
+                with self._cond:
+                    lines = self._held.popleft()
+                    self._owned.append(lines)
+                self._send(lines)
             elif self._cache_has_work() and self._drain_one():
                 # Draining is paced so that recovery cannot cause a request storm.
                 self._interrupt.wait(self._drain_interval_s)
@@ -426,8 +464,8 @@ class Pipeline:
                 if not self._ready:
                     return []
             item = self._ready.popleft()
-            if isinstance(item, list):
-                self._inflight = item
+            if isinstance(item, list) and item:
+                self._owned.append(item)
             self._cond.notify_all()
             return item
 
@@ -451,24 +489,34 @@ class Pipeline:
                 self._interrupt.clear()
             self._cond.notify_all()
 
-    def _send(self, lines: Sequence[bytes]) -> None:
+    def _send(self, lines: List[bytes]) -> None:
+        """Deliver a batch the sender owns, and settle what became of it."""
         if self._giving_up:
-            self._settle_unsent(list(lines))
-            return
-        outcome = deliver(
-            self.transport,
-            lines,
-            sleep=self._sleep,
-            stop_event=self._interrupt,
-            max_attempts=self._max_attempts,
-            timeout_s=self._time_left,
-            on_retry=self._on_retry,
-        )
+            outcome = Outcome(TRANSIENT, deferred=True)
+        else:
+            outcome = deliver(
+                self.transport,
+                lines,
+                sleep=self._sleep,
+                stop_event=self._interrupt,
+                max_attempts=self._max_attempts,
+                timeout_s=self._time_left,
+                on_retry=self._on_retry,
+            )
+        halves: List[List[bytes]] = []
         with self._cond:
-            self._inflight = None
             if self._handed_over:
                 return
-        self._settle(lines, outcome)
+            self._owned = [b for b in self._owned if b is not lines]
+            if outcome.kind == SPLIT and len(lines) > 1 and outcome.kill is None:
+                # Owned before they are sent, so close() never loses a half.
+                created = getattr(lines, "created", 0.0)
+                halves = [Lines(half, created) for half in split(lines)]
+                self._owned.extend(halves)
+        for half in halves:
+            self._send(half)
+        if not halves:
+            self._settle(lines, outcome)
 
     def _settle(self, lines: Sequence[bytes], outcome: Outcome) -> None:
         if outcome.kill is not None:
@@ -486,7 +534,8 @@ class Pipeline:
         elif outcome.kind == REJECTED:
             self._count_rejected(outcome)
         elif outcome.kind == SPLIT:
-            self._split(lines)
+            self._counters.add("dropped.too_large", len(lines))
+            self._report_loss("the collector refused an event as too large", 1)
         elif outcome.deferred:
             self._settle_unsent(list(lines))
         else:
@@ -496,14 +545,6 @@ class Pipeline:
                 f" ({outcome.status or outcome.detail})",
                 len(lines),
             )
-
-    def _split(self, lines: Sequence[bytes]) -> None:
-        if len(lines) == 1:
-            self._counters.add("dropped.too_large")
-            self._report_loss("the collector refused an event as too large", 1)
-            return
-        for half in split(lines):
-            self._send(half)
 
     def _count_rejected(self, outcome: Outcome) -> None:
         for reason, count in outcome.rejected.items():
@@ -624,7 +665,7 @@ class Pipeline:
             return
         if self._cache_ready():
             # A refused put was already counted by the cache, with its reason.
-            if self._cache.put(lines):
+            if self._cache.put(lines, created=_created(lines)):
                 self._counters.add("cached", len(lines))
                 self._next_drain_at = min(
                     self._next_drain_at, real_monotonic() + _FAILED_DRAIN_PAUSE_S

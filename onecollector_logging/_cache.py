@@ -74,6 +74,8 @@ _RELIST_EVERY_CLAIMS = 64
 
 _MAGIC = b"ocl-spool"
 _VERSION = b"1"
+#: No batch is larger than a request, and a request is at most 3 MiB of text.
+_MAX_BATCH_TEXT = 4 * 1024 * 1024
 _HEADER_MAX = 256
 _NS = 1_000_000_000
 #: Creation times must fit the 20 digits of a batch id.
@@ -282,7 +284,15 @@ class DiskCache:
                 self.max_bytes,
             )
             return False
-        self._make_room(len(blob))
+        if not self._make_room(len(blob), created_ns):
+            self._lose(
+                "full",
+                "dropped.cache_full",
+                count,
+                "full at max_bytes %d, and this batch is older than all it holds",
+                self.max_bytes,
+            )
+            return False
         batch_id = (
             f"{created_ns:020d}-{os.getpid()}-{next(_sequence):08d}"
             f"-{secrets.token_hex(4)}-{count}"
@@ -418,25 +428,31 @@ class DiskCache:
                 os.unlink(temp)
             raise
 
-    def _make_room(self, size: int) -> None:
+    def _make_room(self, size: int, created_ns: int) -> bool:
+        """Evict the oldest batches until *size* more bytes fit; return False
+        when the batch to store is itself older than what would be evicted."""
         with self._state:
             if (
                 self._puts_since_scan < _RESCAN_EVERY_PUTS
                 and self._estimate + size <= self.max_bytes
             ):
-                return
+                return True
         try:
             listing = self._scan(sizes=True)
         except OSError as exc:
             _log.debug("disk cache %s: cannot measure: %s", self.path, exc)
-            return
+            return True
         self._remove_stale_temps(listing.temps)
         total = sum(batch.size for batch, _ in listing.claims)
         kept = self._expire(listing.batches)
         total += sum(batch.size for batch in kept)
         evicted = 0
+        fits = True
         for batch in kept:
             if total + size <= self.max_bytes:
+                break
+            if batch.created_ns > created_ns:
+                fits = False
                 break
             if self._unlink(batch.name):
                 evicted += batch.records
@@ -452,6 +468,7 @@ class DiskCache:
                 "full at max_bytes %d, oldest batches evicted",
                 self.max_bytes,
             )
+        return fits
 
     def _claimable(self) -> List[_Batch]:
         """List the claimable batches, newest first, tidying the directory."""
@@ -784,9 +801,13 @@ def _created(created: Optional[float]) -> float:
 
 
 def _encode(lines: Sequence[bytes], created: float) -> bytes:
-    payload = b"\n".join(lines)
-    if payload.count(b"\n") != len(lines) - 1:
+    text = b"\n".join(lines)
+    if text.count(b"\n") != len(lines) - 1:
         raise ValueError("a line contains a newline")
+    # Envelopes compress about twentyfold: the bound holds that many more
+    # records, and a spill during a burst writes that much less.
+    packer = zlib.compressobj(1, zlib.DEFLATED, -15)
+    payload = packer.compress(text) + packer.flush()
     header = b"%s %s %d %d %08x %s\n" % (
         _MAGIC,
         _VERSION,
@@ -813,7 +834,14 @@ def _decode(blob: bytes) -> Tuple[List[bytes], float]:
         raise ValueError("truncated")
     if zlib.crc32(payload) != crc:
         raise ValueError("checksum mismatch")
-    lines = payload.split(b"\n")
+    unpacker = zlib.decompressobj(-15)
+    try:
+        text = unpacker.decompress(payload, _MAX_BATCH_TEXT)
+    except zlib.error as exc:
+        raise ValueError(f"undecodable payload: {exc}") from None
+    if unpacker.unconsumed_tail or not unpacker.eof:
+        raise ValueError("payload larger than any batch")
+    lines = text.split(b"\n")
     if len(lines) != records or not math.isfinite(created):
         raise ValueError("inconsistent header")
     return lines, created

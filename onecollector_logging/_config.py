@@ -107,6 +107,11 @@ def instrumentation_key(value: Optional[str]) -> Tuple[str, str]:
             " after a non-empty tenant id); note that the key must be the full"
             " instrumentation key, not the 'o:<tenant>' form"
         )
+    if not tenant.isalnum() or not tenant.isascii():
+        raise ConfigurationError(
+            "instrumentation_key must start with its tenant id, letters and digits"
+            " only (a real key starts with 32 hexadecimal digits)"
+        )
     if any(c.isspace() or c == "," for c in key) or key.lower().startswith("o:"):
         raise ConfigurationError(
             f"instrumentation_key for tenant {tenant} contains spaces, commas or an"
@@ -119,9 +124,15 @@ def endpoint(value: object) -> str:
     if not isinstance(value, str):
         raise ConfigurationError(f"endpoint must be a URL string, got {value!r}")
     url = value.strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"endpoint {value!r} is not a URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(f"endpoint must be an http(s) URL, got {value!r}")
+    if port == 0:
+        raise ConfigurationError(f"endpoint {value!r} has port 0")
     return url
 
 

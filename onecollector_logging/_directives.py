@@ -26,6 +26,9 @@ MAX_KILL_DURATION_S = 365 * 24 * 3600.0
 #: the batch waits in the cache instead.
 MAX_RETRY_AFTER_S = 600.0
 
+#: How often a window stored by other processes is read again.
+_RELOAD_S = 1.0
+
 _DIGITS = re.compile(r"\d+(\.\d+)?\Z")
 
 
@@ -105,13 +108,18 @@ class KillWindow:
         self._until = 0.0
         self._load = load
         self._store = store
+        self._next_load = 0.0
 
     def attach(self, load: Callable[[], float], store: Callable[[float], None]) -> None:
         self._load = load
         self._store = store
+        self._next_load = 0.0
 
     def until(self) -> float:
-        if self._load is not None:
+        if self._load is not None and time.monotonic() >= self._next_load:
+            # Another process's order is seen within a second; reading the
+            # stored window for every batch would cost a file read each.
+            self._next_load = time.monotonic() + _RELOAD_S
             try:
                 self._until = max(self._until, self._load())
             except OSError:

@@ -231,9 +231,16 @@ class Transport:
             finally:
                 response.close()
         except (requests.RequestException, OSError, ValueError) as exc:
-            log.debug("request to %s failed: %s", self.endpoint, exc)
-            return Outcome(TRANSIENT, connection_error=True, detail=str(exc))
+            detail = self._mask(str(exc))
+            log.debug("request to %s failed: %s", self.endpoint, detail)
+            return Outcome(TRANSIENT, connection_error=True, detail=detail)
         return self._read(response.status_code, response.headers, answer, len(lines))
+
+    def _mask(self, text: str) -> str:
+        """Hide the key should the collector quote it back: it is a credential."""
+        if self._key and self._key in text:
+            return text.replace(self._key, f"{self.tenant}-***")
+        return text
 
     def _read(
         self, status: int, headers: Mapping[str, str], answer: bytes, count: int
@@ -241,11 +248,11 @@ class Transport:
         self.skew.observe(headers)
         outcome = classify(status, headers, answer, count)
         outcome.kill = _directives.kill_order(headers, self._key, self.tenant)
-        error = headers.get("Collector-Error", "")
+        error = self._mask(headers.get("Collector-Error", ""))
         outcome.detail = error
-        outcome.answer = answer[:4096].decode("utf-8", "replace")
+        outcome.answer = self._mask(answer[:4096].decode("utf-8", "replace"))
         if outcome.kind != ACCEPTED or outcome.rejected:
-            excerpt = answer[:_EXCERPT_BYTES].decode("utf-8", "replace")
+            excerpt = self._mask(answer[:_EXCERPT_BYTES].decode("utf-8", "replace"))
             log.debug(
                 "collector answered %s (Collector-Error: %r) for tenant %s: %s",
                 status,

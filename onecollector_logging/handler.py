@@ -138,6 +138,13 @@ class OneCollectorHandler(logging.Handler):
         code_location: Union[bool, str] = False,
         redact: Union[str, Callable[[Dict[str, Any]], Any], None] = None,
     ) -> None:
+        # Set before the base class registers the handler with logging: should
+        # an option be refused below, logging.shutdown() still finds a handler
+        # whose flush() and close() do nothing.
+        self._pipeline: Optional[Pipeline] = None
+        self._closed = False
+        self._flush_started = self._flush_ended = -1e9
+        self.counters = Counters()
         if isinstance(level, str) and level.strip().lstrip("-").isdigit():
             level = int(level)
         try:
@@ -145,13 +152,10 @@ class OneCollectorHandler(logging.Handler):
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"level: {exc}") from None
         self.disabled_by_environment = _config.disabled_by_environment()
-        self._closed = False
         self._after_close_reported = False
         # logging.shutdown() calls flush() before close() on Python < 3.12 (and
         # on later versions unless this is False); close() flushes itself.
         self.flushOnClose = False
-        self._flush_started = self._flush_ended = -1e9
-        self.counters = Counters()
         if self.disabled_by_environment and not (
             instrumentation_key or os.environ.get(_config.KEY_ENV)
         ):
@@ -207,7 +211,6 @@ class OneCollectorHandler(logging.Handler):
                 "cache_max_age_s", cache_max_age_s, minimum=1
             ),
         )
-        self._pipeline: Optional[Pipeline] = None
         if not self.disabled_by_environment:
             self._pipeline = self._build_pipeline()
             _handlers.add(self)

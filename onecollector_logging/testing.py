@@ -118,7 +118,7 @@ class Answer:
         the same name (``Content-Type``, ``time-delta-millis``, kill headers).
     :param body: ``None`` for ``{"acc":N}`` (``N`` = events parsed, 0 for a
         non-2xx status); a mapping is sent as JSON; ``str``/``bytes`` verbatim. On
-        a 2xx, events listed by index in ``efi`` (or in a ``rej`` list) are not
+        a 2xx, events listed by index in ``efi`` are not
         accepted, and ``efi`` ``"all"`` accepts none.
     :param delay_s: wait this long before answering (cut short by ``stop()``).
     :param reset: close the connection abruptly (TCP reset) instead of answering.
@@ -416,8 +416,8 @@ def _refused_indexes(answer: object, count: int) -> Set[int]:
     if not isinstance(answer, dict):
         return set()
     efi = answer.get("efi")
+    # "rej" is a count; only "efi" says which events were refused.
     entries = list(efi.values()) if isinstance(efi, dict) else []
-    entries.append(answer.get("rej"))
     refused: Set[int] = set()
     for entry in entries:
         if entry == "all":

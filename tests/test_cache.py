@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
@@ -62,6 +63,14 @@ def _open(root: Optional[str], tenant: str = TENANT, **options: Any) -> DiskCach
 
 def _lines(tag: str, count: int) -> List[bytes]:
     return [json.dumps({"tag": tag, "n": n}).encode() for n in range(count)]
+
+
+def _noisy_lines(tag: str, count: int) -> List[bytes]:
+    """Lines that do not compress, so that their size on disk is predictable."""
+    return [
+        json.dumps({"tag": tag, "n": n, "pad": os.urandom(48).hex()}).encode()
+        for n in range(count)
+    ]
 
 
 def _drain(cache: DiskCache) -> List[List[bytes]]:
@@ -205,8 +214,8 @@ def test_batch_file_carries_a_checked_header(cache: DiskCache) -> None:
     blob = Path(cache.path, name).read_bytes()
 
     header, _, payload = blob.partition(b"\n")
-    assert payload == b'{"a":1}\n{"b":2}'
-    assert header.split(b" ")[:4] == [b"ocl-spool", b"1", b"2", b"15"]
+    assert zlib.decompress(payload, -15) == b'{"a":1}\n{"b":2}'
+    assert header.split(b" ")[:4] == [b"ocl-spool", b"1", b"2", b"%d" % len(payload)]
     assert re.fullmatch(r"\d{20}-\d+-\d{8}-[0-9a-f]{8}-2\.batch", name)
 
 
@@ -463,7 +472,7 @@ def test_damaged_and_foreign_files_are_counted_removed_and_skipped(
         _batch_name(older_ns + 1, 2): good[: len(good) - 5],
         _batch_name(older_ns + 2, 2): noise,
         _batch_name(older_ns + 3, 2): b'{"ver":"4.0","name":"Some.Event"}\n{"x":1}',
-        _batch_name(older_ns + 4, 2): good.replace(b'"tag"', b'"TAG"'),
+        _batch_name(older_ns + 4, 2): good[:-3] + bytes([good[-3] ^ 0xFF]) + good[-2:],
         _batch_name(older_ns + 5, 3): good,
         "notes.batch": good,
         "stray.claim": good,
@@ -510,7 +519,7 @@ def test_max_bytes_holds_evicting_the_oldest_and_counting_them(
     cache = _open(root, max_bytes=max_bytes, counters=counters)
     records = 0
     for put in range(400):
-        assert cache.put(_lines(f"p{put:03d}", 50))
+        assert cache.put(_noisy_lines(f"p{put:03d}", 50))
         records += 50
         assert _disk_bytes(cache) <= max_bytes
 
@@ -532,7 +541,7 @@ def test_batch_larger_than_max_bytes_is_refused_and_counted(
     cache = _open(root, max_bytes=1_000, counters=counters)
     cache.put(_lines("small", 1))
 
-    assert not cache.put([b"x" * 2_000, b"y"])
+    assert not cache.put([os.urandom(2_000).hex().encode(), b"y"])
 
     assert counters.get("dropped.cache_full") == 2
     assert len(_warnings(caplog)) == 1

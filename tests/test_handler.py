@@ -418,3 +418,59 @@ def test_code_location_is_opt_in(onecollector: LocalCollector, make: Make) -> No
     assert data["code.filepath"] == __file__
     assert data["code.function"] == "test_code_location_is_opt_in"
     assert isinstance(data["code.lineno"], int)
+
+
+def test_a_refused_construction_leaves_logging_usable() -> None:
+    with pytest.raises(ValueError, match="Unable to configure handler") as caught:
+        logging.config.dictConfig(
+            {
+                "version": 1,
+                "handlers": {
+                    "oc": {
+                        "class": "onecollector_logging.OneCollectorHandler",
+                        "instrumentation_key": KEY,
+                        "flush_interval_s": "soon",
+                    }
+                },
+                "root": {"handlers": ["oc"]},
+            }
+        )
+    assert isinstance(caught.value.__cause__, ConfigurationError)
+
+    logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+    logging.shutdown(list(logging._handlerList))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://[::1", "https://host:99999/", "http://host:0/"]
+)
+def test_malformed_endpoints_are_configuration_errors(endpoint: str) -> None:
+    with pytest.raises(ConfigurationError, match="endpoint"):
+        OneCollectorHandler(KEY, endpoint=endpoint)
+
+
+def test_a_tenant_that_is_not_alphanumeric_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="tenant"):
+        OneCollectorHandler("<tenant>-<...>-<...>")
+
+
+def test_a_key_quoted_back_by_the_collector_is_masked(
+    onecollector: LocalCollector, make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    onecollector.script(
+        Answer(
+            401,
+            headers={"Collector-Error": f"unknown key {KEY}"},
+            body=f'{{"acc":0,"efi":{{"InvalidTenantToken":"all"}},"key":"{KEY}"}}',
+        )
+    )
+    handler = make()
+    logger = isolated_logger("app.echo", handler)
+
+    with caplog.at_level(logging.DEBUG, logger="onecollector_logging"):
+        logger.info("refused")
+        handler.flush()
+
+    assert onecollector.wait_for_requests(1)
+    assert KEY not in caplog.text
+    assert f"{TENANT}-***" in caplog.text

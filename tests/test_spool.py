@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEAD_ENDPOINT = "http://127.0.0.1:9/OneCollector/1.0/"
 
 CHILD = """
-import json, logging, sys, threading, time
+import json, logging, os, sys, threading, time
 from onecollector_logging import OneCollectorHandler
 from onecollector_logging._cache import DiskCache
 
@@ -37,8 +37,10 @@ logger.addHandler(handler)
 logger.setLevel(logging.INFO)
 
 def work(thread):
+    pad = args.get("pad", 0)
     for i in range(args["records"]):
-        logger.info("p%s t%s r%s", args["name"], thread, i)
+        logger.info("p%s t%s r%s", args["name"], thread, i,
+                    extra={"pad": os.urandom(pad).hex()} if pad else None)
 
 threads = [threading.Thread(target=work, args=(t,)) for t in range(args["threads"])]
 for t in threads:
@@ -193,6 +195,7 @@ def test_a_bounded_cache_keeps_the_newest_records_of_a_long_outage(
             DEAD_ENDPOINT,
             tmp_path,
             records=20_000,
+            pad=64,
             options={"cache_max_bytes": bound},
         )
     )
@@ -211,8 +214,12 @@ def test_a_bounded_cache_keeps_the_newest_records_of_a_long_outage(
     outage = [
         e for e in onecollector.events if "poutage" in e["data"]["formattedMessage"]
     ]
-    seqs = sorted(e["ext"]["sdk"]["seq"] for e in outage)
-    assert seqs == list(range(20_001 - len(seqs), 20_001))
+    seqs = set(e["ext"]["sdk"]["seq"] for e in outage)
+    # The newest records all arrive. The batches the sender held when the
+    # process closed (the one in its hands and two handed over to it, at most
+    # 1,500 records) are stored last, so they may be kept although older.
+    newest = set(range(20_001 - (len(seqs) - 1500), 20_001))
+    assert newest <= seqs
 
 
 def test_a_drainer_killed_mid_drain_leaves_the_rest_to_the_next(
