@@ -122,7 +122,7 @@ class Pipeline:
         max_batch_bytes: int = _schema.MAX_REQUEST_BYTES,
         flush_interval_s: float = 1.0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        drain_interval_s: float = 0.05,
+        drain_interval_s: float = 0.02,
         name: str = "onecollector",
     ) -> None:
         self._serialize = serialize
@@ -332,11 +332,18 @@ class Pipeline:
 
     def _batcher_loop(self) -> None:
         while True:
-            self._wake.wait(self._flush_interval_s)
+            woken = self._wake.wait(self._flush_interval_s)
             self._wake.clear()
             with self._cond:
                 generation = self._flush_requested
-            while self._queue:
+            # Woken by a full batch, only full batches go: the rest waits for
+            # the interval, so that a burst is sent in few large requests.
+            partial = not woken or generation > self._flushed
+            while self._queue and (
+                partial
+                or self._closing.is_set()
+                or len(self._queue) >= self._max_batch_records
+            ):
                 batch = self._take_batch()
                 if batch:
                     self._hand_to_sender(batch)
@@ -400,7 +407,7 @@ class Pipeline:
             self.backing_off.is_set()
             or self._giving_up
             or self._closing.is_set()
-            or len(self._queue) > self._max_queue // 2
+            or len(self._queue) > self._yield_mark
         )
 
     def _spill(self, batch: List[bytes]) -> None:

@@ -500,6 +500,9 @@ class _Handler(BaseHTTPRequestHandler):
     """Reads one request at a time off a connection and hands it to the collector."""
 
     protocol_version = "HTTP/1.1"
+    # Answers are small writes on kept-alive connections: without this, Nagle's
+    # algorithm and the client's delayed ACK add ~40 ms to every request.
+    disable_nagle_algorithm = True
     server_version = "LocalCollector"
     sys_version = ""
     server: _Server

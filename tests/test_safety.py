@@ -350,3 +350,40 @@ def test_handlers_with_different_keys_and_endpoints_are_independent(
             logger.handlers.clear()
     assert {r.headers["x-apikey"] for r in onecollector.requests} == {KEY}
     assert stuck.stats()["cached"] == 10
+
+
+def test_without_a_cache_a_hung_send_at_close_is_counted_not_lost(
+    onecollector: LocalCollector, make_handler: Make
+) -> None:
+    onecollector.script_always(Answer(hang=True))
+    handler = make_handler(
+        cache=False, request_timeout_s=1, shutdown_timeout=2, flush_interval_s=0.05
+    )
+    logger = isolated_logger("app.nocache", handler)
+    for i in range(100):
+        logger.info("first %d", i)
+    handler.flush()
+    for i in range(100):
+        logger.info("second %d", i)
+
+    handler.close()
+
+    assert _total(handler.stats()) == 200
+
+
+def test_a_collector_that_always_answers_413_costs_counted_records_only(
+    onecollector: LocalCollector, make_handler: Make
+) -> None:
+    onecollector.script_always(Answer(413))
+    handler = make_handler(flush_interval_s=30, shutdown_timeout=10)
+    logger = isolated_logger("app.toolarge", handler)
+    for i in range(300):
+        logger.info("n%d", i)
+
+    handler.flush()
+    handler.close()
+
+    stats = handler.stats()
+    assert _total(stats) == 300
+    assert stats["dropped"]["too_large"] + stats.get("cached", 0) == 300
+    assert stats["queued"] == 0
