@@ -148,10 +148,9 @@ class Pipeline:
         self._wake = threading.Event()
         self._interrupt = threading.Event()
         self._closing = threading.Event()
-        #: Set while the sender waits between attempts; tests wait on it.
+        #: Set while the sender waits between attempts: the batcher then spills.
         self.backing_off = threading.Event()
         self._threads: Optional[List[threading.Thread]] = None
-        self._thread_idents: frozenset[int] = frozenset()
         self._batcher_done = False
         self._flush_requested = 0
         self._flushed = 0
@@ -167,7 +166,6 @@ class Pipeline:
         self._giving_up = False
         self._loss_streak = False
         self._queue_full_reported = False
-        self.waits: Deque[float] = collections.deque(maxlen=100)
 
     # -- application side -------------------------------------------------
 
@@ -198,9 +196,6 @@ class Pipeline:
         elif len(queue) >= self._max_batch_records and not self._wake.is_set():
             self._wake.set()
 
-    def is_own_thread(self) -> bool:
-        return threading.get_ident() in self._thread_idents
-
     def _start(self) -> None:
         with self._start_lock:
             if self._threads is not None or self._closing.is_set():
@@ -223,7 +218,6 @@ class Pipeline:
                 self._threads = []
                 return
             self._threads = threads
-            self._thread_idents = frozenset(t.ident for t in threads if t.ident)
 
     def queued(self) -> int:
         """Records in memory: queued, batched for the sender, or being sent."""
@@ -311,11 +305,6 @@ class Pipeline:
             line = self._serialize_one(snapshot)
             if line is not None:
                 lines.append(line)
-
-    def after_fork_child(self) -> None:
-        """Forget the parent's threads and records: they are the parent's to send."""
-        self.transport.forget_session()
-        self._reset_state()
 
     # -- batcher thread ----------------------------------------------------
 
@@ -628,7 +617,6 @@ class Pipeline:
 
     def _sleep(self, seconds: float) -> None:
         """Wait between attempts: ends at *seconds* of the (freezable) clock."""
-        self.waits.append(seconds)
         self.backing_off.set()
         with self._cond:
             self._cond.notify_all()
@@ -683,7 +671,6 @@ class Pipeline:
         self._report_loss("records could not be stored on disk", len(lines))
 
     def _report_loss(self, why: str, count: int) -> None:
-        self._counters.add("loss_reports")
         if self._loss_streak:
             log.debug("%s: %d record(s) lost: %s", self._name, count, why)
             return

@@ -186,6 +186,9 @@ class DiskCache:
             os.path.join(path, ".lock"), timeout=lock_timeout_s, mode=0o600
         )
         self._state = threading.Lock()
+        # Making room and writing are one step per process, or two threads
+        # (spilling and storing a failed batch) could both fill the last room.
+        self._writing = threading.Lock()
         self._estimate = 0
         self._puts_since_scan = _RESCAN_EVERY_PUTS
         self._failing: Set[str] = set()
@@ -284,6 +287,10 @@ class DiskCache:
                 self.max_bytes,
             )
             return False
+        with self._writing:
+            return self._store(blob, created_ns, count)
+
+    def _store(self, blob: bytes, created_ns: int, count: int) -> bool:
         if not self._make_room(len(blob), created_ns):
             self._lose(
                 "full",

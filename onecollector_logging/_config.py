@@ -163,6 +163,18 @@ def mapping(name: str, value: object) -> Optional[Dict[str, Any]]:
     return {str(k): v for k, v in value.items()}
 
 
+def directory(name: str, value: object) -> Optional[str]:
+    """Accept a path (created later, on first use), or None for the default."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigurationError(f"{name} must be a path, got {value!r}")
+    path = os.fspath(value)
+    if not isinstance(path, str) or "\0" in path:
+        raise ConfigurationError(f"{name} is not a usable path: {value!r}")
+    return path
+
+
 def callable_option(name: str, value: object) -> Optional[Callable[..., Any]]:
     """Accept a callable, or a ``module:attribute`` / ``module.attribute`` path."""
     if value is None or value == "":

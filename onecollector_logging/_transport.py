@@ -193,10 +193,6 @@ class Transport:
         if session is not None:
             session.close()
 
-    def forget_session(self) -> None:
-        """Drop the connection pool without closing it (after a fork)."""
-        self._session = None
-
     def post(
         self, lines: Sequence[bytes], *, timeout_s: Optional[float] = None
     ) -> Outcome:

@@ -203,7 +203,7 @@ class OneCollectorHandler(logging.Handler):
             max_attempts=_config.as_int("max_attempts", max_attempts, minimum=1),
             compression=_config.as_choice("compression", compression, COMPRESSIONS),
             cache=_config.as_bool("cache", cache),
-            cache_dir=cache_dir or None,
+            cache_dir=_config.directory("cache_dir", cache_dir),
             cache_max_bytes=_config.as_int(
                 "cache_max_bytes", cache_max_bytes, minimum=4096
             ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 from freezegun import freeze_time
@@ -276,8 +276,14 @@ def test_connection_resets_back_off_and_everything_arrives_after(
     assert "dropped" not in handler.stats()
 
 
-def test_clock_skew_handshake(onecollector: LocalCollector, make: Make) -> None:
-    onecollector.time_delta_millis = 250
+@pytest.mark.parametrize(("delta", "echoed"), [(250, "250"), (None, None)])
+def test_clock_skew_handshake_asks_once_then_echoes_or_stops(
+    onecollector: LocalCollector,
+    make: Make,
+    delta: Optional[int],
+    echoed: Optional[str],
+) -> None:
+    onecollector.time_delta_millis = delta
     handler = make()
     logger = isolated_logger("app.skew", handler)
 
@@ -290,26 +296,7 @@ def test_clock_skew_handshake(onecollector: LocalCollector, make: Make) -> None:
     headers = [
         r.headers.get("time-delta-to-apply-millis") for r in onecollector.requests
     ]
-    assert headers == ["use-collector-delta", "250"]
-
-
-def test_clock_skew_header_stops_when_the_collector_gives_no_delta(
-    onecollector: LocalCollector, make: Make
-) -> None:
-    onecollector.time_delta_millis = None
-    handler = make()
-    logger = isolated_logger("app.noskew", handler)
-
-    logger.info("first")
-    handler.flush()
-    logger.info("second")
-    handler.flush()
-
-    assert onecollector.wait_for_events(2)
-    headers = [
-        r.headers.get("time-delta-to-apply-millis") for r in onecollector.requests
-    ]
-    assert headers == ["use-collector-delta", None]
+    assert headers == ["use-collector-delta", echoed]
 
 
 def test_exhausted_attempts_drop_the_batch_with_a_count(

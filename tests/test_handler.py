@@ -286,6 +286,12 @@ def test_file_config_ini_builds_a_working_handler(
     onecollector: LocalCollector, tmp_path: Path
 ) -> None:
     ini = tmp_path / "logging.ini"
+    kwargs = {
+        "instrumentation_key": KEY,
+        "endpoint": onecollector.endpoint,
+        "cache_dir": str(tmp_path / "c"),
+        "flush_interval_s": "0.1",
+    }
     ini.write_text(
         textwrap.dedent(
             f"""\
@@ -311,8 +317,8 @@ def test_file_config_ini_builds_a_working_handler(
             class=onecollector_logging.OneCollectorHandler
             level=INFO
             args=()
-            kwargs={{"instrumentation_key": "{KEY}", "endpoint": "{onecollector.endpoint}", "cache_dir": r"{tmp_path / "c"}", "flush_interval_s": "0.1"}}
-            """  # noqa: E501
+            kwargs={kwargs!r}
+            """
         )
     )
     logging.config.fileConfig(ini, disable_existing_loggers=False)
