@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Deque, List, Optional, Sequence, Union
 
 from . import _schema
-from ._directives import THIS_REQUEST_ONLY
+from ._directives import THIS_REQUEST_ONLY, real_monotonic
 from ._stats import Counters
 from ._transport import (
     ACCEPTED,
@@ -40,20 +40,9 @@ from ._transport import (
 
 log = logging.getLogger(__name__)
 
-# Deadlines that bound how long the application waits in flush() and close()
-# use the real monotonic clock: a frozen test clock must not stretch them.
-# (Kept in a dict so that freezegun, which swaps module-level references to the
-# time functions, leaves this one alone.)
-_REAL = {"monotonic": time.monotonic}
-
-
 #: Set on threads while they do the handler's own work: records they produce
 #: (from urllib3, requests, filelock, this package) are never sent.
 own_activity = threading.local()
-
-
-def real_monotonic() -> float:
-    return _REAL["monotonic"]()
 
 
 #: The sender never holds more than this many batches ahead of the network;
@@ -131,6 +120,8 @@ class Pipeline:
         self._counters = counters
         self._max_queue = max_queue_records
         self._yield_mark = max(1, max_queue_records * 3 // 4)
+        #: Queued records that wake the batcher before the interval is over.
+        self._wake_mark = max(1, min(max_batch_records, max_queue_records // 2))
         self._max_batch_records = max_batch_records
         self._max_batch_bytes = max_batch_bytes
         self._flush_interval_s = flush_interval_s
@@ -157,6 +148,8 @@ class Pipeline:
         #: Batches the sender has taken and not yet settled: what close()
         #: stores when the sender is stuck in a request.
         self._owned: List[List[bytes]] = []
+        #: Records of the batch the batcher holds while it waits for the sender.
+        self._holding = 0
         self._handed_over = False
         self._cache: Any = None
         self._cache_opened = False
@@ -193,7 +186,7 @@ class Pipeline:
         queue.append(snapshot)
         if self._threads is None:
             self._start()
-        elif len(queue) >= self._max_batch_records and not self._wake.is_set():
+        elif len(queue) >= self._wake_mark and not self._wake.is_set():
             self._wake.set()
 
     def _start(self) -> None:
@@ -224,7 +217,7 @@ class Pipeline:
         with self._cond:
             batches = [b for b in self._ready if isinstance(b, list)]
             held = sum(map(len, batches)) + sum(map(len, self._held))
-            held += sum(map(len, self._owned))
+            held += sum(map(len, self._owned)) + self._holding
         return len(self._queue) + held
 
     def flush(self, timeout_s: float) -> bool:
@@ -329,9 +322,7 @@ class Pipeline:
             # the interval, so that a burst is sent in few large requests.
             partial = not woken or generation > self._flushed
             while self._queue and (
-                partial
-                or self._closing.is_set()
-                or len(self._queue) >= self._max_batch_records
+                partial or self._closing.is_set() or len(self._queue) >= self._wake_mark
             ):
                 batch = self._take_batch()
                 if batch:
@@ -374,18 +365,24 @@ class Pipeline:
 
     def _hand_to_sender(self, batch: List[bytes]) -> None:
         with self._cond:
+            self._holding = len(batch)
             while True:
                 pending = sum(isinstance(i, list) for i in self._ready)
                 if pending < _HANDOFF_BATCHES and not self.backing_off.is_set():
                     if not self._giving_up:
                         self._ready.append(batch)
+                        self._holding = 0
                         self._cond.notify_all()
                         return
                 if self._should_spill():
                     break
                 # Short: the queue may cross the spill mark meanwhile.
                 self._cond.wait(_HANDOFF_WAIT_S)
-        self._spill(batch)
+        try:
+            self._spill(batch)
+        finally:
+            with self._cond:
+                self._holding = 0
 
     def _should_spill(self) -> bool:
         # Called with the lock held. Without a cache there is nowhere to spill:
@@ -668,7 +665,9 @@ class Pipeline:
             return
         dropped = "shutdown" if reason == "shutdown" else "no_cache"
         self._counters.add(f"dropped.{dropped}", len(lines))
-        self._report_loss("records could not be stored on disk", len(lines))
+        self._report_loss(
+            "they could not be sent and there is no disk cache", len(lines)
+        )
 
     def _report_loss(self, why: str, count: int) -> None:
         if self._loss_streak:

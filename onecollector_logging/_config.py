@@ -20,7 +20,7 @@ from .exceptions import ConfigurationError
 KEY_ENV = "ONECOLLECTOR_INSTRUMENTATION_KEY"
 DISABLED_ENV = "ONECOLLECTOR_LOGGING_DISABLED"
 _TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def disabled_by_environment() -> bool:

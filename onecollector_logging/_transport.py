@@ -20,7 +20,7 @@ import requests
 import tenacity
 
 from . import _directives, _schema
-from ._directives import ClockSkew, KillWindow, RetryGate
+from ._directives import ClockSkew, KillWindow, RetryGate, real_monotonic
 from ._stats import Counters
 from ._version import __version__
 
@@ -226,7 +226,7 @@ class Transport:
                 stream=True,
             )
             try:
-                answer = response.raw.read(MAX_ANSWER_BYTES, decode_content=True)
+                answer = _read_answer(response, read_timeout)
             finally:
                 response.close()
         except (requests.RequestException, OSError, ValueError) as exc:
@@ -261,10 +261,11 @@ class Transport:
         outcome = classify(status, headers, answer, count)
         outcome.kill = _directives.kill_order(headers, self._key, self.tenant)
         error = self._mask(headers.get("Collector-Error", ""))
+        text = self._mask(answer.decode("utf-8", "replace"))
         outcome.detail = error
-        outcome.answer = self._mask(answer[:4096].decode("utf-8", "replace"))
+        outcome.answer = text[:4096]
         if outcome.kind != ACCEPTED or outcome.rejected:
-            excerpt = self._mask(answer[:_EXCERPT_BYTES].decode("utf-8", "replace"))
+            excerpt = text[:_EXCERPT_BYTES]
             log.debug(
                 "collector answered %s (Collector-Error: %r) for tenant %s: %s",
                 status,
@@ -273,6 +274,29 @@ class Transport:
                 excerpt,
             )
         return outcome
+
+
+def _read_answer(response: requests.Response, timeout_s: float) -> bytes:
+    """Read the start of an answer body within *timeout_s* in all.
+
+    The read timeout bounds each wait for data; a collector that trickles its
+    answer a byte at a time would pass every one of them.
+    """
+    deadline = real_monotonic() + timeout_s
+    # read1() returns what one receive brings (urllib3 2); read() would wait
+    # for the whole chunk, however slowly it came.
+    read = getattr(response.raw, "read1", None) or response.raw.read
+    chunks: List[bytes] = []
+    size = 0
+    while size < MAX_ANSWER_BYTES:
+        chunk = read(min(8192, MAX_ANSWER_BYTES - size), decode_content=True)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if real_monotonic() > deadline:
+            raise requests.Timeout(f"the answer took longer than {timeout_s:g} s")
+    return b"".join(chunks)
 
 
 class Interrupted(Exception):

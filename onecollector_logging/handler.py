@@ -11,8 +11,8 @@ import weakref
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from . import _cache, _config, _schema
-from ._batcher import Pipeline, own_activity, real_monotonic
-from ._directives import KillWindow, RetryGate
+from ._batcher import Pipeline, own_activity
+from ._directives import KillWindow, RetryGate, real_monotonic
 from ._envelope import EnvelopeBuilder, os_identity, static_ext
 from ._record import RecordOptions, Snapshot, redact_data, snapshot
 from ._stats import Counters
@@ -145,8 +145,11 @@ class OneCollectorHandler(logging.Handler):
         self._closed = False
         self._flush_started = self._flush_ended = -1e9
         self.counters = Counters()
-        if isinstance(level, str) and level.strip().lstrip("-").isdigit():
-            level = int(level)
+        self.shutdown_timeout = DEFAULT_SHUTDOWN_TIMEOUT_S
+        if isinstance(level, str):
+            level = level.strip().upper()
+            if level.lstrip("-").isdigit():
+                level = int(level)
         try:
             super().__init__(level)
         except (TypeError, ValueError) as exc:

@@ -39,7 +39,7 @@ except ImportError as exc:
     ) from exc
 
 from . import _config, _schema
-from ._batcher import real_monotonic
+from ._directives import real_monotonic
 from ._record import (
     EXTRA_PREFIX,
     OWN_KEYS,

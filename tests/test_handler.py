@@ -216,6 +216,7 @@ def test_awkward_extras_cost_nothing_to_the_record_or_its_neighbours(
         ({"shutdown_timeout": "-1"}, "shutdown_timeout"),
         ({"compression": "brotli"}, "compression"),
         ({"cache": "perhaps"}, "cache"),
+        ({"code_location": ""}, "code_location"),
         ({"endpoint": "ftp://example.com"}, "endpoint"),
         ({"event_names": {"app": "x"}}, "event_names"),
         ({"redact": "no.such.module:function"}, "redact"),
@@ -249,7 +250,7 @@ def test_string_options_from_dict_config_are_coerced(tmp_path: Path) -> None:
         shutdown_timeout="3",
         cache="false",
         code_location="yes",
-        level="WARNING",
+        level="warning",
         cache_dir=str(tmp_path),
     )
     try:
@@ -426,18 +427,21 @@ def test_code_location_is_opt_in(onecollector: LocalCollector, make: Make) -> No
     assert isinstance(data["code.lineno"], int)
 
 
-def test_a_refused_construction_leaves_logging_usable() -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"instrumentation_key": KEY, "flush_interval_s": "soon"},
+        {"instrumentation_key": "<tenant>-x"},
+        {"instrumentation_key": KEY, "endpoint": "ftp://x"},
+    ],
+)
+def test_a_refused_construction_leaves_logging_usable(options: dict) -> None:
+    handler = {"class": "onecollector_logging.OneCollectorHandler", **options}
     with pytest.raises(ValueError, match="Unable to configure handler") as caught:
         logging.config.dictConfig(
             {
                 "version": 1,
-                "handlers": {
-                    "oc": {
-                        "class": "onecollector_logging.OneCollectorHandler",
-                        "instrumentation_key": KEY,
-                        "flush_interval_s": "soon",
-                    }
-                },
+                "handlers": {"oc": handler},
                 "root": {"handlers": ["oc"]},
             }
         )
@@ -467,7 +471,9 @@ def test_a_key_quoted_back_by_the_collector_is_masked(
         Answer(
             401,
             headers={"Collector-Error": f"unknown key {KEY}"},
-            body=f'{{"acc":0,"efi":{{"InvalidTenantToken":"all"}},"key":"{KEY}"}}',
+            # The key straddles the 200-byte excerpt of the body.
+            body=f'{{"acc":0,"efi":{{"InvalidTenantToken":"all"}},"pad":"{"x" * 120}",'
+            f'"key":"{KEY}"}}',
         )
     )
     handler = make()

@@ -7,6 +7,7 @@ import http.client
 import logging
 import logging.config
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -387,3 +388,45 @@ def test_a_collector_that_always_answers_413_costs_counted_records_only(
     assert _total(stats) == 300
     assert stats["dropped"]["too_large"] + stats.get("cached", 0) == 300
     assert stats["queued"] == 0
+
+
+def test_an_answer_that_trickles_in_is_cut_at_the_request_timeout(
+    make_handler: Make, tmp_path: Path
+) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.settimeout(5)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += connection.recv(65536)
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000\r\n\r\n"
+            )
+            while not stop.wait(0.05):
+                connection.sendall(b" ")
+
+    serving = threading.Thread(target=trickle)
+    serving.start()
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}/OneCollector/1.0/"
+    handler = make_handler(endpoint=endpoint, request_timeout_s=0.5, shutdown_timeout=3)
+    logger = isolated_logger("app.trickle", handler)
+    try:
+        for i in range(10):
+            logger.info("n%d", i)
+        started = time.monotonic()
+        done = handler.flush_within(3)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        serving.join(10)
+        server.close()
+
+    assert done and elapsed < 2.5
+    assert handler.stats()["cached"] == 10
