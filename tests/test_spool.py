@@ -87,6 +87,18 @@ def _identities(events: List[Dict[str, Any]]) -> Counter[Tuple[str, int]]:
     return Counter((e["ext"]["sdk"]["epoch"], e["ext"]["sdk"]["seq"]) for e in events)
 
 
+def _store_one_batch_each(cache_dir: Path, text: str, records: int) -> None:
+    """Log *records* records while the collector is down, one cached batch each."""
+    writer = OneCollectorHandler(
+        KEY, endpoint=DEAD_ENDPOINT, cache_dir=str(cache_dir), shutdown_timeout=2
+    )
+    logger = isolated_logger("app.outage", writer)
+    for i in range(records):
+        logger.info("%s %d", text, i)
+        writer.flush()
+    writer.close()
+
+
 def _cache_stats(cache_dir: Path) -> Dict[str, Any]:
     cache = DiskCache.open(str(cache_dir), TENANT)
     assert cache is not None
@@ -152,14 +164,7 @@ def test_sixteen_processes_starting_at_once_on_a_fresh_cache(
 def test_bad_files_in_the_cache_do_not_stop_good_batches(
     onecollector: LocalCollector, tmp_path: Path
 ) -> None:
-    writer = OneCollectorHandler(
-        KEY, endpoint=DEAD_ENDPOINT, cache_dir=str(tmp_path), shutdown_timeout=2
-    )
-    logger = isolated_logger("app.mixed", writer)
-    for i in range(3):
-        logger.info("good %d", i)
-        writer.flush()
-    writer.close()
+    _store_one_batch_each(tmp_path, "good", 3)
     partition = tmp_path / TENANT
     (partition / "0-empty.batch").write_bytes(b"")
     good = sorted(partition.glob("*.batch"))[0].read_bytes()
@@ -299,14 +304,7 @@ def test_cache_command_line(onecollector: LocalCollector, tmp_path: Path) -> Non
 def test_draining_stops_at_the_first_failure_and_is_paced(
     onecollector: LocalCollector, tmp_path: Path
 ) -> None:
-    writer = OneCollectorHandler(
-        KEY, endpoint=DEAD_ENDPOINT, cache_dir=str(tmp_path), shutdown_timeout=2
-    )
-    logger = isolated_logger("app.outage", writer)
-    for i in range(20):
-        logger.info("stored %d", i)
-        writer.flush()
-    writer.close()
+    _store_one_batch_each(tmp_path, "stored", 20)
     assert _cache_stats(tmp_path)["batches"] == 20
     onecollector.script(Answer(503))
     reader = OneCollectorHandler(
