@@ -358,21 +358,27 @@ def _add_exception(
 ) -> None:
     error = _exception_of(record.exc_info)
     if error is None:
+        exc_info = record.exc_info
+        if isinstance(exc_info, tuple) and isinstance(exc_info[0], type):
+            # A class without an instance still names what went wrong.
+            data["exceptionType"] = _qualified_name(exc_info[0])
         if record.exc_text:
             data["exceptionStack"] = keep_end(safe_str(record.exc_text), max_chars)
         return
     kind = type(error)
-    module = getattr(kind, "__module__", None)
-    qualname = getattr(kind, "__qualname__", kind.__name__)
-    data["exceptionType"] = (
-        qualname if module in (None, "builtins") else f"{module}.{qualname}"
-    )
+    data["exceptionType"] = _qualified_name(kind)
     data["exceptionMessage"] = safe_str(error)
     try:
         stack = "".join(traceback.format_exception(kind, error, error.__traceback__))
     except Exception:
         stack = safe_str(record.exc_text) if record.exc_text else safe_repr(error)
     data["exceptionStack"] = keep_end(stack.rstrip("\n"), max_chars)
+
+
+def _qualified_name(kind: type) -> str:
+    module = getattr(kind, "__module__", None)
+    qualname = getattr(kind, "__qualname__", kind.__name__)
+    return str(qualname if module in (None, "builtins") else f"{module}.{qualname}")
 
 
 def _exception_of(exc_info: object) -> Optional[BaseException]:

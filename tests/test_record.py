@@ -654,3 +654,18 @@ def test_each_handler_warns_once_about_its_redact(
         snapshot(make_record(), opts, 1)
 
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+
+
+def test_an_exception_class_without_an_instance_still_names_its_type(
+    counters: Counters,
+) -> None:
+    record = logging.LogRecord(
+        "app", logging.ERROR, __file__, 1, "failed", (), (ValueError, None, None)
+    )
+
+    snap = snapshot(
+        record, RecordOptions(event_name="Python.Log", counters=counters), 1
+    )
+
+    assert snap is not None
+    assert snap.data["exceptionType"] == "ValueError"
