@@ -187,8 +187,10 @@ class Transport:
         self.skew = ClockSkew()
         self._counters = counters
         self._session: Optional[requests.Session] = None
+        self._template: Optional[requests.PreparedRequest] = None
 
     def close(self) -> None:
+        self._template = None
         session, self._session = self._session, None
         if session is not None:
             session.close()
@@ -198,15 +200,7 @@ class Transport:
     ) -> Outcome:
         """Send *lines* (serialized envelopes) as one request."""
         body = b"\n".join(lines)
-        headers = {
-            "Content-Type": _schema.CONTENT_TYPE,
-            "x-apikey": self._key,
-            "Client-Id": "NO_AUTH",
-            "sdk-version": SDK_VERSION,
-            "Upload-Time": str(int(time.time() * 1000)),
-        }
-        if self._compression != "none":
-            headers["Content-Encoding"] = self._compression
+        headers = {"Upload-Time": str(int(time.time() * 1000))}
         skew = self.skew.header()
         if skew is not None:
             headers["time-delta-to-apply-millis"] = skew
@@ -216,14 +210,17 @@ class Transport:
         connect_timeout = min(self._connect_timeout_s, read_timeout)
         if self._session is None:
             self._session = self._new_session()
+        session = self._session
         try:
-            response = self._session.post(
-                self.endpoint,
-                data=compress(body, self._compression),
-                headers=headers,
-                timeout=(connect_timeout, read_timeout),
-                allow_redirects=False,
+            request = self._prepare(session, compress(body, self._compression), headers)
+            # Straight to the adapter: a Session would merge cookies, hooks and
+            # settings that never change for this endpoint, on every request.
+            response = session.get_adapter(self.endpoint).send(
+                request,
                 stream=True,
+                timeout=(connect_timeout, read_timeout),
+                verify=True if session.verify is None else session.verify,
+                proxies=session.proxies,
             )
             try:
                 answer = _read_answer(response, read_timeout)
@@ -234,6 +231,25 @@ class Transport:
             log.debug("request to %s failed: %s", self.endpoint, detail)
             return Outcome(TRANSIENT, connection_error=True, detail=detail)
         return self._read(response.status_code, response.headers, answer, len(lines))
+
+    def _prepare(
+        self, session: requests.Session, body: bytes, headers: Mapping[str, str]
+    ) -> requests.PreparedRequest:
+        if self._template is None:
+            fixed = {
+                "Content-Type": _schema.CONTENT_TYPE,
+                "x-apikey": self._key,
+                "Client-Id": "NO_AUTH",
+                "sdk-version": SDK_VERSION,
+            }
+            if self._compression != "none":
+                fixed["Content-Encoding"] = self._compression
+            request = requests.Request("POST", self.endpoint, headers=fixed)
+            self._template = session.prepare_request(request)
+        prepared = self._template.copy()
+        prepared.headers.update(headers)
+        prepared.prepare_body(body, None)
+        return prepared
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
