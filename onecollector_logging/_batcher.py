@@ -42,7 +42,13 @@ log = logging.getLogger(__name__)
 
 #: Set on threads while they do the handler's own work: records they produce
 #: (from urllib3, requests, filelock, this package) are never sent.
-own_activity = threading.local()
+class _OwnActivity(threading.local):
+    # A class default: emit() reads this for every record, and a missing
+    # thread-local attribute costs an exception inside getattr().
+    active = False
+
+
+own_activity = _OwnActivity()
 
 
 #: The sender never holds more than this many batches ahead of the network;

@@ -276,12 +276,14 @@ class OneCollectorHandler(logging.Handler):
     def handle(self, record: logging.LogRecord) -> Any:
         # emit() is thread-safe on its own; the handler lock that the base
         # class takes around it would only serialize the application's threads.
-        result = self.filter(record)
-        if isinstance(result, logging.LogRecord):
-            record = result
-        if result:
-            self.emit(record)
-        return result
+        if self.filters:
+            result = self.filter(record)
+            if not result:
+                return result
+            if isinstance(result, logging.LogRecord):
+                record = result
+        self.emit(record)
+        return record
 
     def setFormatter(self, fmt: Optional[logging.Formatter]) -> None:  # noqa: N802
         """Use *fmt* for ``formattedMessage`` (by default the plain message)."""
@@ -294,9 +296,7 @@ class OneCollectorHandler(logging.Handler):
         if pipeline is None:
             return
         try:
-            if getattr(own_activity, "active", False) or record.name.startswith(
-                _OWN_LOGGERS
-            ):
+            if own_activity.active or record.name.startswith(_OWN_LOGGERS):
                 return
             if self._closed:
                 self._emit_after_close()

@@ -486,3 +486,17 @@ def test_a_key_quoted_back_by_the_collector_is_masked(
     assert onecollector.wait_for_requests(1)
     assert KEY not in caplog.text
     assert f"{TENANT}-***" in caplog.text
+
+
+def test_handler_filters_apply(onecollector: LocalCollector, make: Make) -> None:
+    handler = make()
+    handler.addFilter(lambda record: "skip" not in record.getMessage())
+    logger = isolated_logger("app.filtered", handler)
+
+    logger.info("keep me")
+    logger.info("skip me")
+    logger.info("keep me too")
+    handler.flush()
+
+    assert onecollector.wait_for_events(2)
+    assert messages(onecollector.events) == ["keep me", "keep me too"]
