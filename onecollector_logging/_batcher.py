@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Deque, List, Optional, Sequence, Union
 
 from . import _schema
-from ._directives import THIS_REQUEST_ONLY, real_monotonic
+from ._directives import real_monotonic
 from ._stats import Counters
 from ._transport import (
     ACCEPTED,
@@ -558,7 +558,7 @@ class Pipeline:
             )
 
     def _obey_kill(self, kill: Union[float, str]) -> None:
-        if kill == THIS_REQUEST_ONLY or isinstance(kill, str):
+        if isinstance(kill, str):  # this-request-only: nothing beyond the batch
             return
         until = self.transport.kill_window.open(kill)
         log.debug("%s: kill window open until %s", self._name, until)
@@ -567,8 +567,7 @@ class Pipeline:
             claim = cache.claim()
             if claim is None:
                 break
-            self._counters.add("dropped.killed", len(claim.lines))
-            claim.done()
+            claim.drop("killed")
 
     def _settle_unsent(self, lines: List[bytes]) -> None:
         """A batch that could not be sent now: to disk, or held in memory."""

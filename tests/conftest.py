@@ -65,3 +65,16 @@ def make_handler(
         handler.close()
     del made[:]
     gc.collect()
+
+
+@pytest.fixture
+def make(
+    make_handler: Callable[..., OneCollectorHandler],
+) -> Callable[..., OneCollectorHandler]:
+    """Like make_handler, with a short flush interval: small tests send at once."""
+
+    def build(**options: Any) -> OneCollectorHandler:
+        options.setdefault("flush_interval_s", 0.05)
+        return make_handler(**options)
+
+    return build

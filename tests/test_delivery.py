@@ -36,15 +36,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tuple[Any, List[float]]]:
         yield frozen, waits
 
 
-@pytest.fixture
-def make(make_handler: Make) -> Make:
-    def build(**options: Any) -> OneCollectorHandler:
-        options.setdefault("flush_interval_s", 0.05)
-        return make_handler(**options)
-
-    return build
-
-
 def _cached_batches(tmp_path: Path) -> int:
     cache = DiskCache.open(str(tmp_path / "cache"), TENANT)
     assert cache is not None

@@ -92,15 +92,6 @@ def test_full_key_only_in_the_header_and_ikey_is_the_tenant(
     assert {e["iKey"] for e in onecollector.events} == {f"o:{TENANT}"}
 
 
-@pytest.fixture
-def make(make_handler: Make) -> Make:
-    def build(**options: Any) -> OneCollectorHandler:
-        options.setdefault("flush_interval_s", 0.05)
-        return make_handler(**options)
-
-    return build
-
-
 def test_an_envelope_has_the_documented_shape(
     onecollector: LocalCollector, make: Make
 ) -> None:

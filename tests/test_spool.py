@@ -364,3 +364,23 @@ def test_an_unusable_cache_location_falls_back_to_memory_with_one_warning(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(link) in warnings[0].getMessage()
     assert list(real.iterdir()) == []
+
+
+def test_a_kill_order_deletes_the_tenants_cached_batches(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    _store_one_batch_each(tmp_path, "stored", 5)
+    onecollector.script(Answer(503))
+    onecollector.kill(TENANT, 600)
+    handler = OneCollectorHandler(
+        KEY, endpoint=onecollector.endpoint, cache_dir=str(tmp_path)
+    )
+    logger = isolated_logger("app.killed", handler)
+
+    logger.info("live")
+    handler.flush()
+    handler.close()
+
+    assert _cache_stats(tmp_path)["batches"] == 0
+    assert handler.stats()["dropped"]["killed"] == 6
+    assert all(r.status != 200 for r in onecollector.requests)
