@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 #: Records of these loggers are the handler's own activity; sending them would
 #: feed the handler with itself.
-_OWN_LOGGERS = ("onecollector_logging",)
+_OWN_LOGGERS = ("onecollector_logging.",)
 
 #: Enough for a burst of a few seconds at full speed while the sender catches up,
 #: small enough to keep memory in the tens of MiB; beyond it records go to disk.
