@@ -162,6 +162,9 @@ class Pipeline:
         self._deadline = 0.0
         #: When the sender may next look at the disk cache (real monotonic).
         self._next_drain_at = 0.0
+        #: Whether the disk cache may hold batches: unknown at start (another
+        #: process may have left some), known empty after a claim found none.
+        self._cache_may_hold = True
         self._giving_up = False
         self._loss_streak = False
         self._queue_full_reported = False
@@ -523,7 +526,11 @@ class Pipeline:
         if outcome.kind == ACCEPTED:
             self._counters.add("accepted", outcome.accepted)
             self._count_rejected(outcome)
-            self._next_drain_at = 0.0
+            if self._cache_may_hold:
+                # The collector takes batches again: drain the backlog now.
+                # An empty cache is not scanned after every batch; batches
+                # other processes store are found by the periodic check.
+                self._next_drain_at = 0.0
             if not outcome.rejected:
                 self._loss_streak = False
             return
@@ -596,6 +603,7 @@ class Pipeline:
         claim = self._cache.claim()
         if claim is None:
             # Other processes may store batches too; look again later.
+            self._cache_may_hold = False
             self._next_drain_at = real_monotonic() + _IDLE_DRAIN_CHECK_S
             return False
         # A stored batch gets one attempt per claim: it waits on disk, not in a
@@ -664,6 +672,7 @@ class Pipeline:
             # A refused put was already counted by the cache, with its reason.
             if self._cache.put(lines, created=_created(lines)):
                 self._counters.add("cached", len(lines))
+                self._cache_may_hold = True
                 self._next_drain_at = min(
                     self._next_drain_at, real_monotonic() + _FAILED_DRAIN_PAUSE_S
                 )

@@ -359,6 +359,16 @@ def deliver(
             transport.gate.push(outcome.retry_after)
         return outcome
 
+    first = attempt()
+    if not _needs_retry(first):
+        return first
+    # Only a batch that needs another attempt pays for the retry machinery;
+    # the loop starts by taking the attempt already made as its first.
+    made = [first]
+
+    def replay_then_attempt() -> Outcome:
+        return made.pop() if made else attempt()
+
     def should_stop(state: tenacity.RetryCallState) -> bool:
         return stop_event.is_set() or attempts.counted >= attempts.limit
 
@@ -376,7 +386,7 @@ def deliver(
         return outcome
 
     retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_result(lambda o: o.kind == TRANSIENT and not o.kill),
+        retry=tenacity.retry_if_result(_needs_retry),
         stop=should_stop,
         wait=_wait,
         sleep=sleep,
@@ -385,10 +395,14 @@ def deliver(
         reraise=False,
     )
     try:
-        result: Outcome = retrying(attempt)
+        result: Outcome = retrying(replay_then_attempt)
     except Interrupted:
         return Outcome(TRANSIENT, deferred=True, detail="interrupted")
     return result
+
+
+def _needs_retry(outcome: Outcome) -> bool:
+    return outcome.kind == TRANSIENT and not outcome.kill
 
 
 _backoff = tenacity.wait_exponential(

@@ -384,3 +384,26 @@ def test_a_kill_order_deletes_the_tenants_cached_batches(
     assert _cache_stats(tmp_path)["batches"] == 0
     assert handler.stats()["dropped"]["killed"] == 6
     assert all(r.status != 200 for r in onecollector.requests)
+
+
+def test_an_empty_cache_is_looked_at_once_not_after_every_delivered_batch(
+    onecollector: LocalCollector, make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims: List[int] = []
+    claim = DiskCache.claim
+
+    def counted_claim(self: DiskCache) -> Any:
+        claims.append(1)
+        return claim(self)
+
+    monkeypatch.setattr(DiskCache, "claim", counted_claim)
+    handler = make()
+    logger = isolated_logger("app.steady", handler)
+
+    for round_number in range(5):
+        logger.info("round %d", round_number)
+        assert handler.flush_within(10)
+
+    assert onecollector.wait_for_events(5)
+    assert len(onecollector.requests) == 5
+    assert len(claims) <= 1
