@@ -14,7 +14,7 @@ import logging
 import math
 import platform
 import time
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import _schema
 from ._record import OWN_KEYS, Snapshot
@@ -242,7 +242,8 @@ class EnvelopeBuilder:
         # (whole second, its formatted text): consecutive events mostly share
         # their second, and formatting it is most of the cost of a small event.
         self._second: Tuple[int, bytes] = (0, _schema.format_time(0)[:19].encode())
-        self._valid_names: Set[str] = set()
+        #: valid event name -> the start of its line, up to the time value.
+        self._heads: Dict[str, bytes] = {}
         full_ext: Dict[str, Dict[str, JSONValue]] = {}
         for slot, fields in ext.items():
             if slot in _HANDLER_SLOTS:
@@ -260,8 +261,20 @@ class EnvelopeBuilder:
         # ext is written last and ends with sdk.seq then the optional ext.dt,
         # so all of it up to the value of seq is constant.
         encoded_ext = dumps_json(full_ext)
-        self._ext_head = encoded_ext[: -len(b"1}}")]
-        self._ikey = dumps_json(_schema.ikey_of(tenant))
+        ext_head = encoded_ext[: -len(b"1}}")]
+        ikey = dumps_json(_schema.ikey_of(tenant))
+        # The line from the time value on, as one %-template: (whole second,
+        # milliseconds, data, seq, what closes sdk and adds ext.dt).
+        self._template = b"".join(
+            (
+                b"%s.%03dZ",
+                b'","iKey":',
+                ikey.replace(b"%", b"%%"),
+                b',"data":%s,"ext":',
+                ext_head.replace(b"%", b"%%"),
+                b"%d%s",
+            )
+        )
         longest = self._line(
             "N" * 100, 0.0, _INT64_MAX, b"{}", _dt_part("0" * 32, "0" * 16)
         )
@@ -280,64 +293,74 @@ class EnvelopeBuilder:
         the start of everything else); if that is not enough, only the keys the
         handler fills are kept, plus ``droppedKeys``.
         """
-        name = snap.name
-        if name not in self._valid_names:
-            name = self._checked_name(name)
+        # Run for every record: the common case is inlined, the rest is in
+        # the helpers that _line() uses too.
+        head = self._heads.get(snap.name)
+        if head is None:
+            head = self._head_of(snap.name)
         data = self._encode(snap.data)
-        trace = _dt_part(snap.trace_id, snap.span_id)
-        line = self._line(name, snap.created, snap.seq, data, trace)
+        created = snap.created
+        second, text = self._second
+        try:
+            whole = int(created // 1)
+            # as format_time: truncated, never rounded up
+            millis = int((created - whole) * 1000)
+            same_second = whole == second and millis <= 999
+        except (TypeError, ValueError, OverflowError):
+            same_second = False
+        if not same_second:
+            text, millis = self._time(created)
+        seq = snap.seq
+        if type(seq) is not int or not 0 <= seq <= _INT64_MAX:
+            seq = _seq_of(seq)
+        if snap.trace_id is None and snap.span_id is None:
+            tail = b"}}}"
+        else:
+            tail = _tail(_dt_part(snap.trace_id, snap.span_id))
+        line = head + self._template % (text, millis, data, seq, tail)
         if len(line) > self._max_bytes:
             data = self._shrink(snap.data, self._max_bytes - (len(line) - len(data)))
-            line = self._line(name, snap.created, snap.seq, data, trace)
+            line = head + self._template % (text, millis, data, seq, tail)
             if self._counters is not None:
                 self._counters.add("shrunk")
         return line
 
-    def _checked_name(self, name: str) -> str:
+    def _head_of(self, name: str) -> bytes:
         if not _schema.is_valid_event_name(name):
             if self._counters is not None:
                 self._counters.add("invalid.event_name")
-            return FALLBACK_EVENT_NAME
-        if len(self._valid_names) >= _MAX_NAMES:
-            self._valid_names.clear()
-        self._valid_names.add(name)
-        return name
+            return _head(FALLBACK_EVENT_NAME)
+        if len(self._heads) >= _MAX_NAMES:
+            self._heads.clear()
+        head = self._heads[name] = _head(name)
+        return head
 
-    def _time(self, created: float) -> bytes:
-        """Return :func:`_schema.format_time` of *created*, as bytes."""
+    def _time(self, created: float) -> Tuple[bytes, int]:
+        """Return :func:`_schema.format_time` of *created* as (the text up to
+        the whole second, the milliseconds)."""
         try:
             whole = int(created // 1)
             second, text = self._second
             if whole != second:
                 text = _schema.format_time(whole)[:19].encode("ascii")
                 self._second = (whole, text)
-            # as format_time: truncated, never rounded up
             millis = int((created - whole) * 1000)
-            millis = min(millis, 999)
+            return text, min(millis, 999)
         except (TypeError, ValueError, OverflowError, OSError):
             # A record made by hand with a nonsensical time: now is the best guess.
-            return _schema.format_time(time.time()).encode("ascii")
-        return b"%s.%03dZ" % (text, millis)
+            now = _schema.format_time(time.time())
+            return now[:19].encode("ascii"), int(now[20:23])
 
     def _line(
         self, name: str, created: float, seq: int, data: bytes, trace: Optional[bytes]
     ) -> bytes:
-        return b"".join(
-            (
-                _HEAD,
-                name.encode("ascii"),
-                b'","time":"',
-                self._time(created),
-                b'","iKey":',
-                self._ikey,
-                b',"data":',
-                data,
-                b',"ext":',
-                self._ext_head,
-                _seq_of(seq),
-                b"}" if trace is None else b"}" + trace,
-                b"}}",
-            )
+        text, millis = self._time(created)
+        return _head(name) + self._template % (
+            text,
+            millis,
+            data,
+            _seq_of(seq),
+            _tail(trace),
         )
 
     def _encode(self, data: object) -> bytes:
@@ -485,14 +508,23 @@ def _fix_text(value: JSONValue) -> JSONValue:
     return value
 
 
-def _seq_of(seq: int) -> bytes:
-    if type(seq) is int and 0 <= seq <= _INT64_MAX:
-        return b"%d" % seq
+def _head(name: str) -> bytes:
+    return _HEAD + name.encode("ascii") + b'","time":"'
+
+
+def _tail(trace: Optional[bytes]) -> bytes:
+    # Closes ext.sdk, adds ext.dt when there is a trace context, closes ext
+    # and the envelope.
+    return b"}}}" if trace is None else b"}" + trace + b"}}"
+
+
+def _seq_of(seq: object) -> int:
+    """*seq* as an int within 0 .. 2**63-1 (0 when it is not a number)."""
     try:
-        seq = min(max(int(seq), 0), _INT64_MAX)
+        number: int = int(seq)  # type: ignore[call-overload]
     except (TypeError, ValueError, OverflowError):
-        seq = 0
-    return b"%d" % seq
+        return 0
+    return min(max(number, 0), _INT64_MAX)
 
 
 def _dt_part(trace_id: Optional[str], span_id: Optional[str]) -> Optional[bytes]:
@@ -546,11 +578,24 @@ def _default_dumps() -> Dumps:
         return dumps_json
 
     def dumps(value: object) -> bytes:
-        if type(value) is dict and _same_in_orjson(value.values()):
-            return fast(value)
+        if type(value) is dict and (
+            _ORJSON_SAFE.issuperset(map(type, value.values()))
+            or _same_in_orjson(value.values())
+        ):
+            try:
+                return fast(value)
+            except TypeError:
+                # An int beyond 64 bits, a key that is not a str, a lone
+                # surrogate: the standard library decides, as without orjson.
+                pass
         return dumps_json(value)
 
     return dumps
+
+
+#: Types of values that orjson writes as the standard library does, or refuses
+#: (an int beyond 64 bits), in which case the standard library encodes them.
+_ORJSON_SAFE = frozenset({str, int, bool, type(None)})
 
 
 def _same_in_orjson(values: Iterable[object]) -> bool:

@@ -61,6 +61,9 @@ _STANDARD_ATTRS = frozenset(
 )
 
 _MAX_CACHED_LOGGERS = 4096
+#: The OpenTelemetry tracing API, looked up only once the application has
+#: imported it: otherwise there is no current span to find.
+_TRACING = "opentelemetry.trace"
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -262,14 +265,20 @@ def snapshot(
         if not options.code_location:
             stack_info = anonymize_paths(stack_info)
         data["stackInfo"] = keep_end(stack_info, options.exception_max_chars)
-    extras = _extra_keys(attrs)
-    if extras:
-        _add_extras(data, attrs, extras)
+    # A record with exactly the attributes LogRecord() sets, the last one
+    # last, has no extras (what _extra_keys() would find, for less).
+    if len(attrs) != _INIT_COUNT or next(reversed(attrs)) not in _INIT_ATTRS:
+        extras = _extra_keys(attrs)
+        if extras:
+            _add_extras(data, attrs, extras)
 
-    name = options.name_for(logger_name)
+    name = options._names.get(logger_name) or options.name_for(logger_name)
     if "event_name" in attrs:
         name = override_name(attrs["event_name"], name, data, options)
-    trace_id, span_id = _trace_context(attrs)
+    if "otelTraceID" in attrs or "otelSpanID" in attrs or _TRACING in sys.modules:
+        trace_id, span_id = _trace_context(attrs)
+    else:
+        trace_id = span_id = None
 
     if options.redact is not None:
         redacted = redact_data(options.redact, data, options)
@@ -443,7 +452,7 @@ def _trace_context(attrs: Mapping[str, object]) -> Tuple[Optional[str], Optional
     # Only a module the application has already imported: if it has not
     # imported the tracing API there is no span to find, and importing it here
     # would cost the first caller a package import for nothing.
-    trace = sys.modules.get("opentelemetry.trace")
+    trace = sys.modules.get(_TRACING)
     if trace is None:
         return None, None
     try:
