@@ -386,8 +386,8 @@ def stage_costs(args: argparse.Namespace) -> Dict[str, Any]:
     """
     from onecollector_logging import OneCollectorHandler
     from onecollector_logging._cache import DiskCache
+    from onecollector_logging._compress import compress_lines
     from onecollector_logging._record import snapshot
-    from onecollector_logging._transport import compress
 
     n = args.records
     batch = 500
@@ -443,7 +443,7 @@ def stage_costs(args: argparse.Namespace) -> Dict[str, Any]:
 
     def compress_all() -> None:
         for part in batches:
-            compress(b"\n".join(part), "deflate")
+            compress_lines(part)
 
     costs["join + raw deflate"] = _best(compress_all, n)
     transport = pipeline.transport

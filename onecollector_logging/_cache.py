@@ -43,6 +43,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 import filelock
 import platformdirs
 
+from ._compress import compress_lines
 from ._stats import Counters
 from .exceptions import ConfigurationError
 
@@ -808,13 +809,11 @@ def _created(created: Optional[float]) -> float:
 
 
 def _encode(lines: Sequence[bytes], created: float) -> bytes:
-    text = b"\n".join(lines)
-    if text.count(b"\n") != len(lines) - 1:
+    if any(b"\n" in line for line in lines):
         raise ValueError("a line contains a newline")
     # Envelopes compress about twentyfold: the bound holds that many more
     # records, and a spill during a burst writes that much less.
-    packer = zlib.compressobj(1, zlib.DEFLATED, -15)
-    payload = packer.compress(text) + packer.flush()
+    payload = compress_lines(lines)
     header = b"%s %s %d %d %08x %s\n" % (
         _MAGIC,
         _VERSION,

@@ -7,19 +7,18 @@ only retry loop, built with ``tenacity``.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
 import threading
 import time
-import zlib
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import requests
 import tenacity
 
 from . import _directives, _schema
+from ._compress import compress_lines
 from ._directives import ClockSkew, KillWindow, RetryGate, real_monotonic
 from ._stats import Counters
 from ._version import __version__
@@ -148,18 +147,6 @@ def _rejected_by_index(efi: Mapping[str, object], count: int) -> Dict[str, int]:
     return rejected
 
 
-def compress(body: bytes, compression: str) -> bytes:
-    if compression == "deflate":
-        # The collector's "deflate" is raw RFC 1951 data, without a zlib header.
-        # Level 1: envelopes still shrink about twentyfold, for a third of the
-        # CPU of the default level.
-        packer = zlib.compressobj(1, zlib.DEFLATED, -15)
-        return packer.compress(body) + packer.flush()
-    if compression == "gzip":
-        return gzip.compress(body, compresslevel=6)
-    return body
-
-
 class Transport:
     """One HTTP request per call to :meth:`post`, to one endpoint, for one key."""
 
@@ -199,7 +186,6 @@ class Transport:
         self, lines: Sequence[bytes], *, timeout_s: Optional[float] = None
     ) -> Outcome:
         """Send *lines* (serialized envelopes) as one request."""
-        body = b"\n".join(lines)
         headers = {"Upload-Time": str(int(time.time() * 1000))}
         skew = self.skew.header()
         if skew is not None:
@@ -212,7 +198,8 @@ class Transport:
             self._session = self._new_session()
         session = self._session
         try:
-            request = self._prepare(session, compress(body, self._compression), headers)
+            body = compress_lines(lines, self._compression)
+            request = self._prepare(session, body, headers)
             # Straight to the adapter: a Session would merge cookies, hooks and
             # settings that never change for this endpoint, on every request.
             response = session.get_adapter(self.endpoint).send(

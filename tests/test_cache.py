@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import multiprocessing
@@ -26,6 +27,7 @@ import pytest
 from freezegun import freeze_time
 
 from onecollector_logging._cache import Claim, DiskCache, default_cache_root, partitions
+from onecollector_logging._compress import compress_lines
 from onecollector_logging._stats import Counters
 from onecollector_logging.exceptions import ConfigurationError
 
@@ -947,3 +949,13 @@ def test_several_threads_claim_distinct_batches(cache: DiskCache) -> None:
 
     assert not any(thread.is_alive() for thread in threads)
     assert sorted(seen) == list(range(200))
+
+
+@pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 129, 500])
+def test_compressed_lines_inflate_to_the_lines_joined_by_newlines(count: int) -> None:
+    lines = [b'{"n":%d,"pad":"%s"}' % (i, b"y" * (i % 7)) for i in range(count)]
+    joined = b"\n".join(lines)
+
+    assert zlib.decompress(compress_lines(lines), -15) == joined
+    assert gzip.decompress(compress_lines(lines, "gzip")) == joined
+    assert compress_lines(lines, "none") == joined

@@ -491,3 +491,24 @@ def test_handler_filters_apply(onecollector: LocalCollector, make: Make) -> None
 
     assert onecollector.wait_for_events(2)
     assert messages(onecollector.events) == ["keep me", "keep me too"]
+
+
+@pytest.mark.parametrize("compression", ["deflate", "gzip", "none"])
+def test_every_compression_delivers_a_batch_of_many_lines_whole_and_in_order(
+    onecollector: LocalCollector, make: Make, compression: str
+) -> None:
+    handler = make(compression=compression, max_batch_records=150)
+    logger = isolated_logger("app.compression", handler)
+    sent = [f"line {i} " + "x" * (i % 50) for i in range(150)]
+
+    for text in sent:
+        logger.info(text)
+
+    assert handler.flush_within(10)
+    assert onecollector.wait_for_events(150)
+    (request,) = onecollector.requests
+    assert request.problem is None
+    assert request.headers.get("Content-Encoding") == (
+        None if compression == "none" else compression
+    )
+    assert messages(onecollector.events) == sent
