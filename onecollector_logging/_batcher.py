@@ -347,30 +347,36 @@ class Pipeline:
                 return
 
     def _take_batch(self) -> Lines:
-        lines = Lines(created=getattr(self._queue[0], "created", 0.0))
-        size = 0
+        # Runs for every record: the loop keeps its names local.
         queue = self._queue
-        while queue and len(lines) < self._max_batch_records:
-            line = self._serialize_one(queue[0])
-            if (
-                line is not None
-                and lines
-                and size + len(line) + 1 > self._max_batch_bytes
-            ):
+        lines = Lines(created=getattr(queue[0], "created", 0.0))
+        append, popleft, serialize = lines.append, queue.popleft, self._serialize
+        limit, room = self._max_batch_records, self._max_batch_bytes
+        size = 0
+        while queue and len(lines) < limit:
+            try:
+                line = serialize(queue[0])
+            except Exception:
+                popleft()
+                self._unserializable()
+                continue
+            size += len(line) + 1
+            if size > room and lines:
                 break
-            queue.popleft()
-            if line is not None:
-                lines.append(line)
-                size += len(line) + 1
+            popleft()
+            append(line)
         return lines
 
     def _serialize_one(self, snapshot: Any) -> Optional[bytes]:
         try:
             return self._serialize(snapshot)
         except Exception:
-            self._counters.add("dropped.unserializable")
-            log.debug("%s: could not serialize a record", self._name, exc_info=True)
+            self._unserializable()
             return None
+
+    def _unserializable(self) -> None:
+        self._counters.add("dropped.unserializable")
+        log.debug("%s: could not serialize a record", self._name, exc_info=True)
 
     def _hand_to_sender(self, batch: List[bytes]) -> None:
         with self._cond:

@@ -6,7 +6,7 @@ import zlib
 from typing import List, Sequence
 
 #: Lines joined and compressed at a time: the whole body is never one buffer.
-_CHUNK_LINES = 64
+_CHUNK_LINES = 128
 
 
 def compress_lines(lines: Sequence[bytes], compression: str = "deflate") -> bytes:

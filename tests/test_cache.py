@@ -951,7 +951,7 @@ def test_several_threads_claim_distinct_batches(cache: DiskCache) -> None:
     assert sorted(seen) == list(range(200))
 
 
-@pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 129, 500])
+@pytest.mark.parametrize("count", [0, 1, 127, 128, 129, 257, 500])
 def test_compressed_lines_inflate_to_the_lines_joined_by_newlines(count: int) -> None:
     lines = [b'{"n":%d,"pad":"%s"}' % (i, b"y" * (i % 7)) for i in range(count)]
     joined = b"\n".join(lines)

@@ -22,6 +22,7 @@ from support import KEY, OTHER_KEY, TENANT, isolated_logger, messages
 
 from onecollector_logging import OneCollectorHandler
 from onecollector_logging._cache import DiskCache
+from onecollector_logging._record import Snapshot
 from onecollector_logging.testing import Answer, LocalCollector
 
 Make = Callable[..., OneCollectorHandler]
@@ -430,3 +431,31 @@ def test_an_answer_that_trickles_in_is_cut_at_the_request_timeout(
 
     assert done and elapsed < 2.5
     assert handler.stats()["cached"] == 10
+
+
+class _Unreadable(Snapshot):
+    """A snapshot from a front end gone wrong: reading its name raises."""
+
+    @property  # type: ignore[override]
+    def name(self) -> str:
+        raise RuntimeError("broken front end")
+
+    @name.setter
+    def name(self, value: str) -> None:
+        pass
+
+
+def test_a_snapshot_that_cannot_be_serialized_is_counted_and_the_batch_goes_on(
+    onecollector: LocalCollector, make: Make
+) -> None:
+    handler = make()
+    logger = isolated_logger("app.front", handler)
+
+    logger.info("before")
+    handler.submit(_Unreadable("Broken.Event", time.time(), 0, {"body": "x"}))
+    logger.info("after")
+
+    assert handler.flush_within(10)
+    assert onecollector.wait_for_events(2)
+    assert messages(onecollector.events) == ["before", "after"]
+    assert handler.stats()["dropped"] == {"unserializable": 1}
