@@ -349,7 +349,10 @@ class Pipeline:
     def _take_batch(self) -> Lines:
         # Runs for every record: the loop keeps its names local.
         queue = self._queue
-        lines = Lines(created=getattr(queue[0], "created", 0.0))
+        first = queue[0]
+        # A plain record (a tuple) holds its creation time second.
+        created = first[1] if type(first) is tuple else getattr(first, "created", 0.0)
+        lines = Lines(created=created)
         append, popleft, serialize = lines.append, queue.popleft, self._serialize
         limit, room = self._max_batch_records, self._max_batch_bytes
         size = 0

@@ -14,10 +14,10 @@ import logging
 import math
 import platform
 import time
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import _schema
-from ._record import OWN_KEYS, Snapshot
+from ._record import OWN_KEYS, PlainRecord, Snapshot, plain_snapshot
 from ._stats import Counters
 from ._values import JSONValue, to_json
 from .exceptions import ConfigurationError
@@ -40,6 +40,16 @@ _SHRINK_ROUNDS = 16
 _MIN_CUT_BYTES = 128
 #: Room for the marker a cut adds, ``…[truncated 1234567 bytes]``.
 _MARKER_ROOM = 40
+
+#: The data object of a plain record, in the order snapshot() builds it.
+_PLAIN_DATA = (
+    b'{"body":%s,"formattedMessage":%s,"severityText":%s,"severityNumber":%d,'
+    b'"logger":%s}'
+)
+#: Strings that repeat from record to record (templates, level and logger
+#: names) are kept encoded, up to this many, each up to _QUOTED_MAX_CHARS.
+_MAX_QUOTED = 1024
+_QUOTED_MAX_CHARS = 512
 
 _HANDLER_SLOTS = {"os", "sdk", "dt"}
 _INT64_MAX = 2**63 - 1
@@ -237,6 +247,9 @@ class EnvelopeBuilder:
         counters: Optional[Counters] = None,
     ) -> None:
         self._dumps = dumps or _default_dumps()
+        # Strings alone are encoded by the same engine as the data objects.
+        self._quote = dumps or _default_quote()
+        self._quoted: Dict[str, bytes] = {}
         self._max_bytes = max_event_bytes
         self._counters = counters
         # (whole second, its formatted text): consecutive events mostly share
@@ -285,7 +298,7 @@ class EnvelopeBuilder:
                 f"got {max_event_bytes}"
             )
 
-    def serialize(self, snap: Snapshot) -> bytes:
+    def serialize(self, snap: Union[Snapshot, PlainRecord]) -> bytes:
         """Return the envelope of *snap* as one JSON line, without a newline.
 
         Never longer than ``max_event_bytes``: the longest strings of ``data``
@@ -293,6 +306,9 @@ class EnvelopeBuilder:
         the start of everything else); if that is not enough, only the keys the
         handler fills are kept, plus ``droppedKeys``.
         """
+        if type(snap) is tuple:
+            return self._plain_line(snap)
+        assert isinstance(snap, Snapshot)
         # Run for every record: the common case is inlined, the rest is in
         # the helpers that _line() uses too.
         head = self._heads.get(snap.name)
@@ -324,6 +340,53 @@ class EnvelopeBuilder:
             if self._counters is not None:
                 self._counters.add("shrunk")
         return line
+
+    def _plain_line(self, plain: PlainRecord) -> bytes:
+        """The line of a plain record: the same bytes as its Snapshot's, with
+        the data object written from a template instead of encoded from a dict."""
+        name, created, seq, body, message, level, severity, logger, trace, span = plain
+        quoted = self._quoted
+        try:
+            encoded = self._quote(message)
+            data = _PLAIN_DATA % (
+                encoded if body is message else quoted.get(body) or self._keep(body),
+                encoded,
+                quoted.get(level) or self._keep(level),
+                severity,
+                quoted.get(logger) or self._keep(logger),
+            )
+        except (TypeError, ValueError):
+            # Not encodable as it is (a lone surrogate): the dict path mends it.
+            return self.serialize(plain_snapshot(plain))
+        head = self._heads.get(name)
+        if head is None:
+            head = self._head_of(name)
+        second, text = self._second
+        try:
+            whole = int(created // 1)
+            millis = int((created - whole) * 1000)
+            same_second = whole == second and millis <= 999
+        except (TypeError, ValueError, OverflowError):
+            same_second = False
+        if not same_second:
+            text, millis = self._time(created)
+        if type(seq) is not int or not 0 <= seq <= _INT64_MAX:
+            seq = _seq_of(seq)
+        tail = b"}}}"
+        if trace is not None or span is not None:
+            tail = _tail(_dt_part(trace, span))
+        line = head + self._template % (text, millis, data, seq, tail)
+        if len(line) > self._max_bytes:
+            return self.serialize(plain_snapshot(plain))  # cut to fit there
+        return line
+
+    def _keep(self, text: str) -> bytes:
+        encoded = self._quote(text)
+        if len(text) <= _QUOTED_MAX_CHARS:
+            if len(self._quoted) >= _MAX_QUOTED:
+                self._quoted.clear()
+            self._quoted[text] = encoded
+        return encoded
 
     def _head_of(self, name: str) -> bytes:
         if not _schema.is_valid_event_name(name):
@@ -596,6 +659,17 @@ def _default_dumps() -> Dumps:
 #: Types of values that orjson writes as the standard library does, or refuses
 #: (an int beyond 64 bits), in which case the standard library encodes them.
 _ORJSON_SAFE = frozenset({str, int, bool, type(None)})
+
+
+@functools.cache
+def _default_quote() -> Dumps:
+    """The encoder of a lone str: orjson's when _default_dumps() uses it."""
+    if _default_dumps() is dumps_json:
+        return dumps_json
+    import orjson  # noqa: PLC0415 (optional dependency, known to be there)
+
+    quote: Dumps = orjson.dumps
+    return quote
 
 
 def _same_in_orjson(values: Iterable[object]) -> bool:

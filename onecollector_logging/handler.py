@@ -14,7 +14,7 @@ from . import _cache, _config, _schema
 from ._batcher import Pipeline, own_activity
 from ._directives import KillWindow, RetryGate, real_monotonic
 from ._envelope import EnvelopeBuilder, os_identity, static_ext
-from ._record import RecordOptions, Snapshot, redact_data, snapshot
+from ._record import RecordOptions, Snapshot, capture, redact_data
 from ._stats import Counters
 from ._transport import COMPRESSIONS, DEFAULT_MAX_ATTEMPTS, SDK_VERSION, Transport
 from .exceptions import ConfigurationError
@@ -301,9 +301,9 @@ class OneCollectorHandler(logging.Handler):
             if self._closed:
                 self._emit_after_close()
                 return
-            snap = snapshot(record, self._record_options, next(self._seq))
-            if snap is not None:
-                pipeline.put(snap)
+            item = capture(record, self._record_options, next(self._seq))
+            if item is not None:
+                pipeline.put(item)
         except Exception:
             self.handleError(record)
 

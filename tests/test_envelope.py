@@ -23,7 +23,12 @@ from onecollector_logging._envelope import (
     os_identity,
     static_ext,
 )
-from onecollector_logging._record import RecordOptions, Snapshot, snapshot
+from onecollector_logging._record import (
+    RecordOptions,
+    Snapshot,
+    plain_snapshot,
+    snapshot,
+)
 from onecollector_logging._stats import Counters
 from onecollector_logging.exceptions import ConfigurationError
 
@@ -269,9 +274,12 @@ def test_event_times_are_formatted_as_the_schema_says(times: List[float]) -> Non
 
 @pytest.mark.parametrize("created", [float("nan"), 1e20, -1e20, "yesterday"])
 def test_a_nonsensical_record_time_still_gives_a_valid_time(created: Any) -> None:
-    envelope = parsed(builder().serialize(snap(created=created)))
+    plain = (EVENT, created, 1, "b", "m", "INFO", 9, "app", None, None)
 
-    assert _schema.is_valid_time(envelope["time"])
+    for item in (snap(created=created), plain):
+        envelope = parsed(builder().serialize(item))
+
+        assert _schema.is_valid_time(envelope["time"])
 
 
 def test_data_that_is_not_json_is_coerced_when_serialized() -> None:
@@ -616,3 +624,62 @@ def test_an_extra_keeps_one_json_type_across_events(data: st.DataObject) -> None
         types.add(type(parsed(build.serialize(result))["data"]["k"]))
 
     assert len(types) == 1
+
+
+# -- plain records ---------------------------------------------------------------
+
+_TEXT = st.text() | st.sampled_from(["", "order %d", "é𝄞\u2028\x00\"\\", "\ud800 lone"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=_TEXT,
+    message=_TEXT,
+    level=_TEXT,
+    logger=_TEXT,
+    created=st.floats(min_value=0, max_value=2e11) | st.just(CREATED),
+    seq=st.integers(min_value=-5, max_value=2**64),
+    trace=st.none() | st.just(TRACE_ID) | st.text(max_size=40),
+    span=st.none() | st.just(SPAN_ID),
+    standard=st.booleans(),
+)
+def test_a_plain_record_gives_the_same_line_as_its_snapshot(  # noqa: PLR0917
+    body: str,
+    message: str,
+    level: str,
+    logger: str,
+    created: float,
+    seq: int,
+    trace: Optional[str],
+    span: Optional[str],
+    standard: bool,
+) -> None:
+    plain = (EVENT, created, seq, body, message, level, 9, logger, trace, span)
+    encoder = builder(dumps=dumps_json) if standard else builder()
+
+    line = encoder.serialize(plain)
+
+    assert line == encoder.serialize(plain_snapshot(plain))
+    # The second time, the repeated strings come from the builder's cache.
+    assert line == encoder.serialize(plain)
+
+
+def test_a_plain_record_too_large_for_one_event_is_cut_like_its_snapshot() -> None:
+    message = "m" * 3000
+    plain = (EVENT, CREATED, 7, message, message, "INFO", 9, "app", None, None)
+    encoder = builder(max_event_bytes=2048, counters=Counters())
+
+    line = encoder.serialize(plain)
+
+    assert len(line) <= 2048
+    assert line == builder(max_event_bytes=2048).serialize(plain_snapshot(plain))
+    assert "truncated" in parsed(line)["data"]["formattedMessage"]
+
+
+def test_a_message_without_arguments_is_encoded_once_for_body_and_message() -> None:
+    message = "no arguments here"
+    plain = (EVENT, CREATED, 1, message, message, "INFO", 9, "app", None, None)
+
+    data = parsed(builder().serialize(plain))["data"]
+
+    assert data["body"] == data["formattedMessage"] == message

@@ -12,6 +12,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from onecollector_logging._record import (
     RecordOptions,
     Snapshot,
+    capture,
+    plain_snapshot,
     severity_number,
     snapshot,
 )
@@ -92,6 +94,62 @@ def test_a_plain_record_carries_message_severity_and_logger(counters: Counters) 
     }
     assert (snap.name, snap.created, snap.seq) == (EVENT, record.created, 7)
     assert (snap.trace_id, snap.span_id) == (None, None)
+
+
+def test_a_common_record_is_captured_as_the_plain_form_of_its_snapshot(
+    counters: Counters,
+) -> None:
+    record = make_record()
+
+    plain = capture(record, options(counters), 7)
+
+    assert isinstance(plain, tuple)
+    captured = plain_snapshot(plain)
+    expected = take(record, options(counters), seq=7)
+    assert (captured.name, captured.created, captured.seq, captured.data) == (
+        expected.name,
+        expected.created,
+        expected.seq,
+        expected.data,
+    )
+
+
+def test_a_formatter_gives_the_plain_form_its_formatted_message(
+    counters: Counters,
+) -> None:
+    opts = options(counters, formatter=logging.Formatter("%(levelname)s %(message)s"))
+
+    plain = capture(make_record(), opts, 1)
+
+    assert isinstance(plain, tuple)
+    message = plain_snapshot(plain).data["formattedMessage"]
+    assert message == "INFO user bob did 3 things"
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["extra", "exception", "stack", "redact", "code_location", "not_str", "fails"],
+)
+def test_records_beyond_the_common_kind_are_captured_as_snapshots(
+    counters: Counters, case: str
+) -> None:
+    record = make_record(
+        msg=12 if case == "not_str" else "%d things" if case == "fails" else "m %s",
+        args=("x",),
+        extra={"order": 5} if case == "extra" else None,
+        exc_info=raised(ValueError("boom")) if case == "exception" else None,
+        sinfo="Stack (most recent call last):" if case == "stack" else None,
+    )
+    opts = options(
+        counters,
+        redact=(lambda data: data) if case == "redact" else None,
+        code_location=case == "code_location",
+    )
+
+    captured = capture(record, opts, 1)
+
+    assert isinstance(captured, Snapshot)
+    assert captured.data == take(record, opts).data
 
 
 @pytest.mark.parametrize(
@@ -550,6 +608,19 @@ def test_the_active_span_gives_the_trace_context(
 
     assert snap.trace_id == f"{context.trace_id:032x}"
     assert snap.span_id == f"{context.span_id:016x}"
+
+
+def test_a_plain_record_made_in_a_span_carries_its_trace_context(
+    counters: Counters, tracer: Any
+) -> None:
+    with tracer.start_as_current_span("work") as span:
+        plain = capture(make_record(), options(counters), 1)
+    context = span.get_span_context()
+
+    assert isinstance(plain, tuple)
+    captured = plain_snapshot(plain)
+    assert captured.trace_id == f"{context.trace_id:032x}"
+    assert captured.span_id == f"{context.span_id:016x}"
 
 
 def test_instrumentation_ids_win_over_the_active_span(
