@@ -631,7 +631,7 @@ _STAGES = (
     ("disk cache (spill and drain)", ("DiskCache.", "_cache.py", "Claim.")),
     ("HTTP (requests, urllib3, http.client)", ("requests/", "urllib3/", "http/")),
     ("retry wrapper (tenacity, deliver)", ("tenacity/", "_transport.py")),
-    ("snapshot on the caller's thread", ("_record.py", "_values.py")),
+    ("capture on the caller's thread", ("_record.py", "_values.py")),
     ("emit and queue put, other", ("handler.py", "Pipeline.put")),
     ("pipeline threads, other", ("_batcher.py", "threading.py")),
     ("stdlib logging call (LogRecord, findCaller...)", ("logging/__init__.py",)),

@@ -387,7 +387,7 @@ def stage_costs(args: argparse.Namespace) -> Dict[str, Any]:
     from onecollector_logging import OneCollectorHandler
     from onecollector_logging._cache import DiskCache
     from onecollector_logging._compress import compress_lines
-    from onecollector_logging._record import snapshot
+    from onecollector_logging._record import capture
 
     n = args.records
     batch = 500
@@ -423,12 +423,12 @@ def stage_costs(args: argparse.Namespace) -> Dict[str, Any]:
 
     # Timed passes keep nothing: holding every result alive would make the
     # garbage collector, not the stage, dominate the figure.
-    def take_snapshots() -> None:
+    def capture_all() -> None:
         for i, record in enumerate(records):
-            snapshot(record, options, i)
+            capture(record, options, i)
 
-    costs["snapshot (in emit, caller's thread)"] = _best(take_snapshots, n)
-    snaps = [snapshot(r, options, i) for i, r in enumerate(records)]
+    costs["capture (in emit, caller's thread)"] = _best(capture_all, n)
+    snaps = [capture(r, options, i) for i, r in enumerate(records)]
     del records[:]
     serialize = pipeline._serialize
 

@@ -276,17 +276,21 @@ class EnvelopeBuilder:
         encoded_ext = dumps_json(full_ext)
         ext_head = encoded_ext[: -len(b"1}}")]
         ikey = dumps_json(_schema.ikey_of(tenant))
-        # The line from the time value on, as one %-template: (whole second,
-        # milliseconds, data, seq, what closes sdk and adds ext.dt).
+        # The whole line as one %-template: (head up to the time value, whole
+        # second, milliseconds, data, seq, what closes sdk and adds ext.dt).
         self._template = b"".join(
             (
-                b"%s.%03dZ",
+                b"%s%s.%03dZ",
                 b'","iKey":',
                 ikey.replace(b"%", b"%%"),
                 b',"data":%s,"ext":',
                 ext_head.replace(b"%", b"%%"),
                 b"%d%s",
             )
+        )
+        # The same with the data object of a plain record spelled out.
+        self._plain_template = self._template.replace(
+            b'"data":%s', b'"data":' + _PLAIN_DATA
         )
         longest = self._line(
             "N" * 100, 0.0, _INT64_MAX, b"{}", _dt_part("0" * 32, "0" * 16)
@@ -333,10 +337,10 @@ class EnvelopeBuilder:
             tail = b"}}}"
         else:
             tail = _tail(_dt_part(snap.trace_id, snap.span_id))
-        line = head + self._template % (text, millis, data, seq, tail)
+        line = self._template % (head, text, millis, data, seq, tail)
         if len(line) > self._max_bytes:
             data = self._shrink(snap.data, self._max_bytes - (len(line) - len(data)))
-            line = head + self._template % (text, millis, data, seq, tail)
+            line = self._template % (head, text, millis, data, seq, tail)
             if self._counters is not None:
                 self._counters.add("shrunk")
         return line
@@ -345,19 +349,6 @@ class EnvelopeBuilder:
         """The line of a plain record: the same bytes as its Snapshot's, with
         the data object written from a template instead of encoded from a dict."""
         name, created, seq, body, message, level, severity, logger, trace, span = plain
-        quoted = self._quoted
-        try:
-            encoded = self._quote(message)
-            data = _PLAIN_DATA % (
-                encoded if body is message else quoted.get(body) or self._keep(body),
-                encoded,
-                quoted.get(level) or self._keep(level),
-                severity,
-                quoted.get(logger) or self._keep(logger),
-            )
-        except (TypeError, ValueError):
-            # Not encodable as it is (a lone surrogate): the dict path mends it.
-            return self.serialize(plain_snapshot(plain))
         head = self._heads.get(name)
         if head is None:
             head = self._head_of(name)
@@ -375,7 +366,24 @@ class EnvelopeBuilder:
         tail = b"}}}"
         if trace is not None or span is not None:
             tail = _tail(_dt_part(trace, span))
-        line = head + self._template % (text, millis, data, seq, tail)
+        quoted = self._quoted
+        try:
+            encoded = self._quote(message)
+            line = self._plain_template % (
+                head,
+                text,
+                millis,
+                encoded if body is message else quoted.get(body) or self._keep(body),
+                encoded,
+                quoted.get(level) or self._keep(level),
+                severity,
+                quoted.get(logger) or self._keep(logger),
+                seq,
+                tail,
+            )
+        except (TypeError, ValueError):
+            # Not encodable as it is (a lone surrogate): the dict path mends it.
+            return self.serialize(plain_snapshot(plain))
         if len(line) > self._max_bytes:
             return self.serialize(plain_snapshot(plain))  # cut to fit there
         return line
@@ -418,7 +426,8 @@ class EnvelopeBuilder:
         self, name: str, created: float, seq: int, data: bytes, trace: Optional[bytes]
     ) -> bytes:
         text, millis = self._time(created)
-        return _head(name) + self._template % (
+        return self._template % (
+            _head(name),
             text,
             millis,
             data,
