@@ -310,33 +310,12 @@ class EnvelopeBuilder:
         the start of everything else); if that is not enough, only the keys the
         handler fills are kept, plus ``droppedKeys``.
         """
-        if type(snap) is tuple:
+        if isinstance(snap, tuple):
             return self._plain_line(snap)
-        assert isinstance(snap, Snapshot)
-        # Run for every record: the common case is inlined, the rest is in
-        # the helpers that _line() uses too.
-        head = self._heads.get(snap.name)
-        if head is None:
-            head = self._head_of(snap.name)
         data = self._encode(snap.data)
-        created = snap.created
-        second, text = self._second
-        try:
-            whole = int(created // 1)
-            # as format_time: truncated, never rounded up
-            millis = int((created - whole) * 1000)
-            same_second = whole == second and millis <= 999
-        except (TypeError, ValueError, OverflowError):
-            same_second = False
-        if not same_second:
-            text, millis = self._time(created)
-        seq = snap.seq
-        if type(seq) is not int or not 0 <= seq <= _INT64_MAX:
-            seq = _seq_of(seq)
-        if snap.trace_id is None and snap.span_id is None:
-            tail = b"}}}"
-        else:
-            tail = _tail(_dt_part(snap.trace_id, snap.span_id))
+        head, text, millis, seq, tail = self._parts(
+            snap.name, snap.created, snap.seq, snap.trace_id, snap.span_id
+        )
         line = self._template % (head, text, millis, data, seq, tail)
         if len(line) > self._max_bytes:
             data = self._shrink(snap.data, self._max_bytes - (len(line) - len(data)))
@@ -349,23 +328,7 @@ class EnvelopeBuilder:
         """The line of a plain record: the same bytes as its Snapshot's, with
         the data object written from a template instead of encoded from a dict."""
         name, created, seq, body, message, level, severity, logger, trace, span = plain
-        head = self._heads.get(name)
-        if head is None:
-            head = self._head_of(name)
-        second, text = self._second
-        try:
-            whole = int(created // 1)
-            millis = int((created - whole) * 1000)
-            same_second = whole == second and millis <= 999
-        except (TypeError, ValueError, OverflowError):
-            same_second = False
-        if not same_second:
-            text, millis = self._time(created)
-        if type(seq) is not int or not 0 <= seq <= _INT64_MAX:
-            seq = _seq_of(seq)
-        tail = b"}}}"
-        if trace is not None or span is not None:
-            tail = _tail(_dt_part(trace, span))
+        head, text, millis, seq, tail = self._parts(name, created, seq, trace, span)
         quoted = self._quoted
         try:
             encoded = self._quote(message)
@@ -387,6 +350,37 @@ class EnvelopeBuilder:
         if len(line) > self._max_bytes:
             return self.serialize(plain_snapshot(plain))  # cut to fit there
         return line
+
+    def _parts(
+        self,
+        name: str,
+        created: float,
+        seq: int,
+        trace_id: Optional[str],
+        span_id: Optional[str],
+    ) -> Tuple[bytes, bytes, int, int, bytes]:
+        """What every line is made of besides its data: (the head up to the
+        time value, the time to the second, the milliseconds, the sequence
+        number, what closes ext.sdk and adds ext.dt)."""
+        head = self._heads.get(name)
+        if head is None:
+            head = self._head_of(name)
+        second, text = self._second
+        try:
+            whole = int(created // 1)
+            # as format_time: truncated, never rounded up
+            millis = int((created - whole) * 1000)
+            same_second = whole == second and millis <= 999
+        except (TypeError, ValueError, OverflowError):
+            same_second = False
+        if not same_second:
+            text, millis = self._time(created)
+        if type(seq) is not int or not 0 <= seq <= _INT64_MAX:
+            seq = _seq_of(seq)
+        tail = b"}}}"
+        if trace_id is not None or span_id is not None:
+            tail = _tail(_dt_part(trace_id, span_id))
+        return head, text, millis, seq, tail
 
     def _keep(self, text: str) -> bytes:
         encoded = self._quote(text)
