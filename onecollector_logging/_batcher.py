@@ -154,7 +154,9 @@ class Pipeline:
         #: Batches the sender has taken and not yet settled: what close()
         #: stores when the sender is stuck in a request.
         self._owned: List[List[bytes]] = []
-        #: Records of the batch the batcher holds while it waits for the sender.
+        #: The batch the batcher holds while it waits for the sender, and its
+        #: number of records.
+        self._in_hand: Optional[List[bytes]] = None
         self._holding = 0
         self._handed_over = False
         self._cache: Any = None
@@ -289,6 +291,10 @@ class Pipeline:
             self._owned.clear()
             batches.extend(b for b in self._ready if isinstance(b, list))
             batches.extend(self._held)
+            if self._in_hand is not None:
+                batches.append(self._in_hand)
+                self._in_hand = None
+                self._holding = 0
             self._ready.clear()
             self._held.clear()
         lines = self._serialize_all()
@@ -384,18 +390,28 @@ class Pipeline:
     def _hand_to_sender(self, batch: List[bytes]) -> None:
         with self._cond:
             self._holding = len(batch)
+            # Visible to close(), which stores it if the sender is stuck.
+            self._in_hand = batch
             while True:
+                if self._in_hand is not batch:
+                    return  # close() took it over
                 pending = sum(isinstance(i, list) for i in self._ready)
-                if pending < _HANDOFF_BATCHES and not self.backing_off.is_set():
-                    if not self._giving_up:
-                        self._ready.append(batch)
-                        self._holding = 0
-                        self._cond.notify_all()
-                        return
-                if self._should_spill():
+                if (
+                    pending < _HANDOFF_BATCHES
+                    and not self.backing_off.is_set()
+                    and not self._giving_up
+                    and not self._handed_over
+                ):
+                    self._ready.append(batch)
+                    self._holding = 0
+                    self._in_hand = None
+                    self._cond.notify_all()
+                    return
+                if self._handed_over or self._should_spill():
                     break
                 # Short: the queue may cross the spill mark meanwhile.
                 self._cond.wait(_HANDOFF_WAIT_S)
+            self._in_hand = None
         try:
             self._spill(batch)
         finally:

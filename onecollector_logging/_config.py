@@ -112,6 +112,13 @@ def instrumentation_key(value: Optional[str]) -> Tuple[str, str]:
             "instrumentation_key must start with its tenant id, letters and digits"
             " only (a real key starts with 32 hexadecimal digits)"
         )
+    if not key.isascii() or not key.isprintable():
+        # HTTP headers are Latin-1 at best: a dash or quote pasted from a
+        # document would make every request fail before it is sent.
+        raise ConfigurationError(
+            f"instrumentation_key for tenant {tenant} contains characters that are"
+            " not printable ASCII (a typographic dash or quote pasted with it?)"
+        )
     if any(c.isspace() or c == "," for c in key) or key.lower().startswith("o:"):
         raise ConfigurationError(
             f"instrumentation_key for tenant {tenant} contains spaces, commas or an"

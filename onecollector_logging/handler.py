@@ -296,7 +296,10 @@ class OneCollectorHandler(logging.Handler):
         if pipeline is None:
             return
         try:
-            if own_activity.active or record.name.startswith(_OWN_LOGGERS):
+            name = record.name
+            if own_activity.active or (
+                type(name) is str and name.startswith(_OWN_LOGGERS)
+            ):
                 return
             if self._closed:
                 self._emit_after_close()

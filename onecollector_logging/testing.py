@@ -106,7 +106,12 @@ class Headers(Mapping[str, str]):
         return len(self._items)
 
     def __repr__(self) -> str:
-        return f"Headers({dict(self.items())!r})"
+        # The key is a credential: a failing assertion must not print it.
+        shown = {
+            name: _masked(value) if name.lower() in _KEY_HEADERS else value
+            for name, value in self.items()
+        }
+        return f"Headers({shown!r})"
 
 
 @dataclass(frozen=True)
@@ -251,6 +256,14 @@ def _invalid_tenant(problem: str) -> _Verdict:
 
 def _media_type(value: str) -> str:
     return value.split(";", 1)[0].strip().lower()
+
+
+_KEY_HEADERS = frozenset({"x-apikey", "apikey"})
+
+
+def _masked(keys: str) -> str:
+    # Each key keeps its tenant id, the part before the first "-".
+    return ",".join(f"{key.partition('-')[0]}-***" for key in keys.split(","))
 
 
 def _api_keys(headers: Headers, query: Mapping[str, str]) -> List[str]:

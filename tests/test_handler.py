@@ -512,3 +512,29 @@ def test_every_compression_delivers_a_batch_of_many_lines_whole_and_in_order(
         None if compression == "none" else compression
     )
     assert messages(onecollector.events) == sent
+
+
+def test_a_key_with_a_typographic_dash_is_refused_without_echoing_it(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    pasted = KEY.replace("-89ab", "\u201389ab")
+
+    with pytest.raises(ConfigurationError, match="not printable ASCII") as raised:
+        OneCollectorHandler(
+            pasted, endpoint=onecollector.endpoint, cache_dir=str(tmp_path)
+        )
+
+    assert pasted not in str(raised.value)
+
+
+def test_a_record_without_a_logger_name_is_sent_not_reported_as_an_error(
+    onecollector: LocalCollector, make: Make, capsys: pytest.CaptureFixture[str]
+) -> None:
+    handler = make()
+
+    handler.handle(logging.makeLogRecord({"msg": "nameless"}))
+
+    assert handler.flush_within(10)
+    assert onecollector.wait_for_events(1)
+    assert messages(onecollector.events) == ["nameless"]
+    assert "Logging error" not in capsys.readouterr().err

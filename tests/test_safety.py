@@ -81,6 +81,30 @@ def test_close_then_shutdown_with_a_silent_collector_is_bounded(
     assert handler.stats()["cached"] == 50
 
 
+def test_flush_then_close_with_a_silent_collector_stores_every_batch(
+    onecollector: LocalCollector, make_handler: Make, tmp_path: Path
+) -> None:
+    # What logging.shutdown() does before Python 3.12: flush() spends the
+    # budget waiting for the stuck sender, then close() has none left, while
+    # the batcher holds a full batch that the sender could not take.
+    onecollector.script_always(Answer(hang=True))
+    handler = make_handler(
+        shutdown_timeout=1.0, flush_interval_s=0.05, max_batch_records=100
+    )
+    logger = isolated_logger("app.silent", handler)
+    for i in range(600):
+        logger.info("n%d", i)
+    assert onecollector.wait_for_requests(1)
+
+    handler.flush()
+    handler.close()
+
+    stats = handler.stats()
+    assert stats["queued"] == 0
+    assert stats["cached"] == 600 == _total(stats)
+    assert _cached_records(tmp_path / "cache") == 600
+
+
 def test_dict_config_replacing_the_handler_during_a_send_is_bounded(
     onecollector: LocalCollector, tmp_path: Path
 ) -> None:

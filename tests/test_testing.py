@@ -638,6 +638,16 @@ def test_headers_are_read_case_insensitively() -> None:
     assert not_a_name not in headers
 
 
+def test_the_repr_of_received_headers_hides_the_keys() -> None:
+    key = "0123abcd-5678-secret"
+    headers = Headers([("x-apikey", f"{key},4567ef-other"), ("Accept", "a")])
+
+    shown = repr(headers)
+
+    assert "secret" not in shown and "other" not in shown
+    assert "0123abcd-***,4567ef-***" in shown and "'Accept': 'a'" in shown
+
+
 def test_fixture_gives_a_started_collector_and_stops_it(
     pytester: pytest.Pytester,
 ) -> None:
