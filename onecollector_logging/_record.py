@@ -54,6 +54,9 @@ EXTRA_PREFIX = "extra."
 #: them is copied into data as an extra.
 _INIT_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
 _INIT_COUNT = len(_INIT_ATTRS)
+#: What ``Formatter.format()`` adds to a record, after the attributes above:
+#: left behind when another handler formatted the record first.
+_FORMATTED_ATTRS = frozenset({"message", "asctime"})
 _STANDARD_ATTRS = frozenset(
     _INIT_ATTRS
     | {"message", "asctime", "taskName", "event_name"}
@@ -247,9 +250,7 @@ def capture(
         and options.redact is None
         and not options.code_location
         and not (record.exc_info or record.exc_text or record.stack_info)
-        # Exactly the attributes LogRecord() sets, the last one last.
-        and len(attrs) == _INIT_COUNT
-        and next(reversed(attrs)) in _INIT_ATTRS
+        and _no_extras(attrs)
     ):
         formatter = options.formatter
         try:
@@ -340,9 +341,7 @@ def snapshot(
         if not options.code_location:
             stack_info = anonymize_paths(stack_info)
         data["stackInfo"] = keep_end(stack_info, options.exception_max_chars)
-    # A record with exactly the attributes LogRecord() sets, the last one
-    # last, has no extras (what _extra_keys() would find, for less).
-    if len(attrs) != _INIT_COUNT or next(reversed(attrs)) not in _INIT_ATTRS:
+    if not _no_extras(attrs):
         extras = _extra_keys(attrs)
         if extras:
             _add_extras(data, attrs, extras)
@@ -374,6 +373,23 @@ def _severity_slow(levelno: object) -> int:
         return severity_number(int(levelno))  # type: ignore[call-overload]
     except Exception:
         return 9
+
+
+def _no_extras(attrs: Dict[str, object]) -> bool:
+    """Whether *attrs* (a record's ``__dict__``) certainly holds no extras: the
+    attributes ``LogRecord()`` sets, the last one last, followed by nothing or
+    by what a formatter adds. Cheaper than :func:`_extra_keys`, which gives the
+    answer for every other record."""
+    added = len(attrs) - _INIT_COUNT
+    if added == 0:
+        return next(reversed(attrs)) in _INIT_ATTRS
+    if not 0 < added <= len(_FORMATTED_ATTRS):
+        return False
+    for key in reversed(attrs):
+        if key not in _FORMATTED_ATTRS:
+            return added == 0 and key in _INIT_ATTRS
+        added -= 1
+    return False
 
 
 def _extra_keys(attrs: Dict[str, object]) -> List[str]:

@@ -126,6 +126,32 @@ def test_a_formatter_gives_the_plain_form_its_formatted_message(
     assert message == "INFO user bob did 3 things"
 
 
+@pytest.mark.parametrize("case", ["formatted", "formatted_extra", "moved_extra"])
+def test_what_a_formatter_leaves_on_a_record_is_not_an_extra(
+    counters: Counters, case: str
+) -> None:
+    # A console handler that ran first leaves message and asctime behind.
+    record = make_record(extra=None if case == "formatted" else {"order": 5})
+    if case == "moved_extra":
+        # An extra set before a standard attribute that was set again.
+        args = record.args
+        del record.args
+        record.args = args
+    logging.Formatter("%(asctime)s %(message)s").format(record)
+    assert {"message", "asctime"} <= vars(record).keys()
+
+    captured = capture(record, options(counters), 1)
+
+    if case == "formatted":
+        assert isinstance(captured, tuple)
+        captured = plain_snapshot(captured)
+    else:
+        assert isinstance(captured, Snapshot)
+        assert captured.data["order"] == 5
+    assert captured.data == take(record, options(counters)).data
+    assert "message" not in captured.data and "asctime" not in captured.data
+
+
 @pytest.mark.parametrize(
     "case",
     ["extra", "exception", "stack", "redact", "code_location", "not_str", "fails"],
