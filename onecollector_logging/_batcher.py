@@ -170,6 +170,11 @@ class Pipeline:
         self._giving_up = False
         self._loss_streak = False
         self._queue_full_reported = False
+        #: Set once close has stored what was left: a record put later (by a
+        #: thread that passed the handler's closed check just before) is
+        #: counted rather than left in a queue nobody reads.
+        self._closed_out = False
+        self._late_reported = False
 
     # -- application side -------------------------------------------------
 
@@ -195,7 +200,9 @@ class Pipeline:
                 )
             return
         queue.append(snapshot)
-        if self._threads is None:
+        if self._closed_out:
+            self._drop_late()
+        elif self._threads is None:
             self._start()
         elif len(queue) >= self._wake_mark and not self._wake.is_set():
             self._wake.set()
@@ -254,25 +261,56 @@ class Pipeline:
                 self._cond.wait(remaining)
         return True
 
-    def close(self, timeout_s: float) -> None:
-        """Stop the threads within *timeout_s*; what is not sent goes to the cache."""
-        if self._closing.is_set():
-            return
-        deadline = real_monotonic() + timeout_s
-        self._deadline = deadline
+    def begin_close(self, timeout_s: float) -> bool:
+        """Give the threads *timeout_s* to stop; return at once.
+
+        :meth:`end_close` then waits: pipelines that all begin before any ends
+        close in the time of the slowest, not in the sum of their times.
+
+        :returns: False when the pipeline was already closing.
+        """
         with self._start_lock:
+            if self._closing.is_set():
+                return False
+            self._deadline = real_monotonic() + timeout_s
             self._closing.set()
         self._interrupt.set()
         self._wake.set()
         with self._cond:
             self._cond.notify_all()
+        return True
+
+    def end_close(self) -> None:
+        """Wait for the threads until the deadline that :meth:`begin_close` set;
+        what is not sent by then goes to the cache."""
+        deadline = self._deadline
         for thread in self._threads or []:
             thread.join(max(0.0, deadline - real_monotonic()))
-        if any(t.is_alive() for t in self._threads or []) or (
-            self._threads == [] and self._queue
-        ):
+        # Records put while the threads were finishing are still queued.
+        if any(t.is_alive() for t in self._threads or []) or self._queue:
             self._hand_over()
+        self._closed_out = True
+        self._drop_late()
         self.transport.close()
+
+    def _drop_late(self) -> None:
+        late = 0
+        while True:
+            try:
+                self._queue.popleft()
+            except IndexError:
+                break
+            late += 1
+        if not late:
+            return
+        self._counters.add("dropped.after_close", late)
+        if not self._late_reported:
+            self._late_reported = True
+            log.warning(
+                "%s: a record arrived while the handler was closing and was"
+                " dropped (counted as dropped.after_close)",
+                self._name,
+            )
 
     def _hand_over(self) -> None:
         # The sender is stuck in a request that outlived the deadline: what it

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import itertools
 import logging
 import os
+import threading
 import uuid
 import weakref
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 from . import _cache, _config, _schema
 from ._batcher import Pipeline, own_activity
@@ -58,7 +60,16 @@ class _Settings:
     cache_max_age_s: float
 
 
+#: The live handlers of the process, for fork and exit; weak, so that a handler
+#: the application dropped is not kept.
 _handlers: weakref.WeakSet[OneCollectorHandler] = weakref.WeakSet()
+
+#: Set by an atexit hook: registered after logging's own, it runs before
+#: logging.shutdown(). From then on flush() does not wait and the first close()
+#: closes every handler. The hook itself closes nothing, since the atexit hooks
+#: registered before it run after it and may still log.
+_exiting = threading.Event()
+atexit.register(_exiting.set)
 
 
 class OneCollectorHandler(logging.Handler):
@@ -76,9 +87,12 @@ class OneCollectorHandler(logging.Handler):
     stop, or when both the queue and the cache are full or unavailable.
 
     :meth:`flush` sends what is queued, or stores it on disk, within
-    *shutdown_timeout* seconds. :meth:`close` (run at exit by
-    :func:`logging.shutdown`) does the same within *shutdown_timeout* and stops
-    the threads; it is idempotent and safe from any thread.
+    *shutdown_timeout* seconds. :meth:`close` does the same within
+    *shutdown_timeout* and stops the threads; it is idempotent and safe from any
+    thread. At exit, the first :meth:`close` that :func:`logging.shutdown` makes
+    closes every live handler of the process at once, each within its own
+    *shutdown_timeout*, so that the exit waits for the largest of them rather
+    than for their sum; :meth:`flush` then only starts sending.
 
     Every argument may be given as a string (``dictConfig``, ``fileConfig``);
     a bad value raises :class:`~onecollector_logging.ConfigurationError`.
@@ -343,8 +357,15 @@ class OneCollectorHandler(logging.Handler):
             )
 
     def flush(self) -> None:
-        """Send what is queued (or store it on disk) within *shutdown_timeout*."""
-        self.flush_within(self.shutdown_timeout)
+        """Send what is queued (or store it on disk) within *shutdown_timeout*.
+
+        At exit it only starts sending: the :meth:`close` that
+        :func:`logging.shutdown` makes next waits, for every handler at once.
+        """
+        if _exiting.is_set():
+            self.flush_within(0.0)
+        else:
+            self.flush_within(self.shutdown_timeout)
 
     def flush_within(self, timeout_s: float) -> bool:
         """Like :meth:`flush`, within ``min(timeout_s, shutdown_timeout)``.
@@ -363,18 +384,33 @@ class OneCollectorHandler(logging.Handler):
         """Send or store what is left within *shutdown_timeout*; idempotent."""
         if self._closed:
             super().close()
-            return
+        elif _exiting.is_set():
+            # logging.shutdown() closes the handlers one after the other: each
+            # would wait for its own stuck requests before the next one starts.
+            _close_together([self, *_live_handlers()])
+        else:
+            _close_together([self])
+
+    def _begin_close(self) -> bool:
+        """Start closing the pipeline; False if the handler was already closed."""
+        if self._closed:
+            return False
         self._closed = True
+        if self._pipeline is not None:
+            # A flush() just before close() (as logging.shutdown() does on
+            # older Pythons) shares the one shutdown budget.
+            now = real_monotonic()
+            start = now
+            if now - self._flush_ended < _FLUSH_THEN_CLOSE_S:
+                start = self._flush_started
+            remaining = start + self.shutdown_timeout - now
+            return self._pipeline.begin_close(max(0.0, remaining))
+        return True
+
+    def _end_close(self) -> None:
         try:
             if self._pipeline is not None:
-                # A flush() just before close() (as logging.shutdown() does on
-                # older Pythons) shares the one shutdown budget.
-                now = real_monotonic()
-                start = now
-                if now - self._flush_ended < _FLUSH_THEN_CLOSE_S:
-                    start = self._flush_started
-                remaining = start + self.shutdown_timeout - now
-                self._pipeline.close(max(0.0, remaining))
+                self._pipeline.end_close()
         finally:
             _handlers.discard(self)
             super().close()
@@ -397,6 +433,31 @@ class OneCollectorHandler(logging.Handler):
         self._record_options.counters = self.counters
         if self._pipeline is not None and not self._closed:
             self._pipeline = self._build_pipeline()
+
+
+def _live_handlers() -> List[OneCollectorHandler]:
+    while True:
+        try:
+            return list(_handlers)
+        except RuntimeError:
+            # Another thread made a handler during the copy; it counts too.
+            continue
+
+
+def _close_together(handlers: Iterable[OneCollectorHandler]) -> None:
+    """Close *handlers* as :meth:`~OneCollectorHandler.close` does, all at once:
+    each gets its own *shutdown_timeout* from now, so the wait is the largest
+    of them, not their sum. Handlers already closed are skipped."""
+    closing: List[OneCollectorHandler] = [h for h in handlers if h._begin_close()]
+    failure: Optional[Exception] = None
+    for handler in closing:
+        # One failure must not keep the others from storing what they hold.
+        try:
+            handler._end_close()
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 def _reinit_after_fork() -> None:

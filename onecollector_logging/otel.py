@@ -50,7 +50,7 @@ from ._record import (
     override_name,
 )
 from ._values import JSONValue, safe_str, to_json
-from .handler import OneCollectorHandler
+from .handler import OneCollectorHandler, _close_together
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs.export import LogRecordExporter as _ExporterBase
@@ -253,10 +253,9 @@ class OneCollectorLogExporter(_ExporterBase):
                 return
             self._shut_down = True
             routes = list(self._routes.values())
-        # Handlers that never received a record close at once, so the bound is
-        # one shutdown_timeout in practice.
-        for route in routes:
-            route.handler.close()
+        # Closed together, so that the wait is one shutdown_timeout however
+        # many resources the exporter saw.
+        _close_together([route.handler for route in routes])
 
     # -- introspection -------------------------------------------------------
 

@@ -368,6 +368,53 @@ def test_records_after_close_are_counted_not_lost_silently(
     assert len([r for r in caplog.records if "closed" in r.getMessage()]) == 1
 
 
+def test_a_record_in_emit_while_another_thread_closes_is_counted(
+    onecollector: LocalCollector, make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = make()
+
+    class ClosingFormatter(logging.Formatter):
+        # Runs inside emit(), after its closed check and before the record is
+        # queued: where another thread's close() can fall.
+        def format(self, record: logging.LogRecord) -> str:
+            handler.close()
+            return super().format(record)
+
+    logger = isolated_logger("app.race", handler)
+    logger.info("before")
+    handler.setFormatter(ClosingFormatter())
+
+    with caplog.at_level(logging.WARNING, logger="onecollector_logging"):
+        logger.info("during close")
+
+    assert onecollector.wait_for_events(1)
+    assert handler.stats()["dropped"]["after_close"] == 1
+    assert handler.stats()["queued"] == 0
+    assert len([r for r in caplog.records if "closing" in r.getMessage()]) == 1
+
+
+def test_records_queued_after_the_threads_stopped_go_to_the_cache(
+    onecollector: LocalCollector, make: Make
+) -> None:
+    handler = make()
+    logger = isolated_logger("app.straggler", handler)
+    logger.info("first")
+    assert onecollector.wait_for_events(1)
+    pipeline = handler._pipeline
+    assert pipeline is not None and pipeline._threads
+    # The close of a handler whose threads finish before a late record lands.
+    assert pipeline.begin_close(5.0)
+    for thread in pipeline._threads:
+        thread.join(5.0)
+        assert not thread.is_alive()
+    logger.info("straggler")
+
+    pipeline.end_close()
+
+    assert handler.stats()["cached"] == 1
+    assert handler.stats()["queued"] == 0
+
+
 def test_stats_count_accepted_records(onecollector: LocalCollector, make: Make) -> None:
     handler = make()
     logger = isolated_logger("app.stats", handler)

@@ -333,6 +333,42 @@ def test_shutdown_with_a_collector_that_never_answers_is_bounded_and_caches(
     assert exporter.stats()["cached"] == 20
 
 
+def test_shutdown_closes_the_handlers_of_every_resource_at_once(
+    onecollector: LocalCollector, otel: Build, tmp_path: Path
+) -> None:
+    onecollector.script_always(Answer(hang=True))
+    provider, exporter = otel(shutdown_timeout=1, flush_interval_s=0.05)
+    others = [
+        LoggerProvider(
+            resource=Resource({"service.name": name}), shutdown_on_exit=False
+        )
+        for name in ("contoso-billing", "contoso-stock")
+    ]
+    for other in others:
+        other.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    try:
+        for each in (provider, *others):
+            for i in range(10):
+                _emit(each, "shop", f"record {i}")
+            each.force_flush()
+        # One handler per resource, each held in a request that never ends.
+        assert onecollector.wait_for_requests(3)
+
+        started = time.monotonic()
+        exporter.shutdown()
+        elapsed = time.monotonic() - started
+    finally:
+        for other in others:
+            other.shutdown()
+
+    # One after the other, the three handlers would take three seconds.
+    assert elapsed < 1 + 1
+    cache = DiskCache.open(str(tmp_path / "cache"), TENANT)
+    assert cache is not None
+    assert cache.stats()["records"] == 30
+    assert exporter.stats()["cached"] == 30
+
+
 def test_a_transient_failure_is_retried_once_by_the_handler_pipeline(
     onecollector: LocalCollector, otel: Build, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import http.client
+import json
 import logging
 import logging.config
 import os
@@ -144,6 +145,92 @@ def test_dict_config_replacing_the_handler_during_a_send_is_bounded(
     assert isinstance(handler, OneCollectorHandler)
     assert _cached_records(tmp_path) == 20
     logging.getLogger("app").handlers.clear()
+
+
+_EXIT_CHILD = """
+import json, logging.config, sys
+args = json.loads(sys.argv[1])
+names = [f"oc{n}" for n in range(args["handlers"])]
+handler = {
+    "class": "onecollector_logging.OneCollectorHandler",
+    "instrumentation_key": args["key"],
+    "endpoint": args["endpoint"],
+    "cache_dir": args["cache_dir"],
+    "flush_interval_s": "0.05",
+    "shutdown_timeout": args["shutdown_timeout"],
+}
+logging.config.dictConfig({
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {name: dict(handler) for name in names},
+    "loggers": {name: {"level": "INFO", "handlers": [name]} for name in names},
+})
+for name in names:
+    logger = logging.getLogger(name)
+    logger.handlers[0].flushOnClose = args["flush_on_close"]
+    for i in range(args["records"]):
+        logger.info("%s record %d", name, i)
+print("logged", flush=True)
+sys.stdin.readline()
+"""
+
+
+# flushOnClose=True makes logging.shutdown() flush each handler before closing
+# it, as it always does before Python 3.12.
+@pytest.mark.parametrize(
+    "flush_on_close",
+    [
+        True,
+        pytest.param(
+            False,
+            marks=pytest.mark.skipif(
+                sys.version_info < (3, 12), reason="flushOnClose needs Python 3.12"
+            ),
+        ),
+    ],
+)
+def test_exit_with_several_handlers_on_a_silent_collector_waits_one_timeout(
+    onecollector: LocalCollector, tmp_path: Path, flush_on_close: bool
+) -> None:
+    onecollector.script_always(Answer(hang=True))
+    timeout, handlers, records = 2.0, 3, 20
+    args = {
+        "key": KEY,
+        "endpoint": onecollector.endpoint,
+        "cache_dir": str(tmp_path),
+        "shutdown_timeout": str(timeout),
+        "handlers": handlers,
+        "records": records,
+        "flush_on_close": flush_on_close,
+    }
+    with subprocess.Popen(
+        [sys.executable, "-c", _EXIT_CHILD, json.dumps(args)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        assert child.stdin and child.stdout and child.stderr
+        try:
+            assert child.stdout.readline() == "logged\n"
+            # Every handler's sender is then held in a request that never ends.
+            assert onecollector.wait_for_requests(handlers)
+
+            started = time.monotonic()
+            child.stdin.close()
+            child.wait(60)
+            elapsed = time.monotonic() - started
+        finally:
+            if child.poll() is None:
+                child.kill()
+        errors = child.stderr.read()
+
+    assert child.returncode == 0 and errors == "", errors
+    # One after the other, the handlers would take handlers * timeout.
+    assert elapsed < 2 * timeout
+    assert onecollector.events == []
+    assert _cached_records(tmp_path) == handlers * records
 
 
 def test_own_and_library_records_never_reach_the_collector(
