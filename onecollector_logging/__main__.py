@@ -10,14 +10,23 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from . import _cache, _config, _schema
 from ._directives import KillWindow, RetryGate
 from ._envelope import EnvelopeBuilder, os_identity
 from ._record import RecordOptions, snapshot
 from ._stats import Counters
-from ._transport import ACCEPTED, SDK_VERSION, Transport, deliver
+from ._transport import (
+    ACCEPTED,
+    SDK_VERSION,
+    SPLIT,
+    TRANSIENT,
+    Transport,
+    deliver,
+    request_sized,
+    split,
+)
 from .exceptions import ConfigurationError
 from .handler import OneCollectorHandler
 from .testing import LocalCollector
@@ -54,32 +63,59 @@ def _parser() -> argparse.ArgumentParser:
     collector = commands.add_parser(
         "collector", help="run a local collector and print each accepted event"
     )
-    collector.add_argument("--host", default="127.0.0.1")
-    collector.add_argument("--port", type=int, default=0)
+    collector.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default: %(default)s)",
+    )
+    collector.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="the port to listen on (default: a free one)",
+    )
     collector.set_defaults(run=_collector)
     send = commands.add_parser(
         "send", help="send one probe event and print the collector's verdict"
     )
     _key_options(send)
-    send.add_argument("--name", default="Python.Log.Probe", help="event name")
-    send.add_argument("--data", default="{}", help="extra data fields, as JSON")
+    send.add_argument(
+        "--name",
+        default="Python.Log.Probe",
+        help="the event name (default: %(default)s)",
+    )
+    send.add_argument(
+        "--data", default="{}", help="extra data fields, as a JSON object"
+    )
     send.set_defaults(run=_send)
     cache = commands.add_parser("cache", help="inspect, send or delete cached records")
-    cache.add_argument("action", choices=("stats", "flush", "purge"))
-    cache.add_argument("--cache-dir", default=None, help="the cache root")
+    cache.add_argument(
+        "action",
+        choices=("stats", "flush", "purge"),
+        help="show what is cached, send it now, or delete it",
+    )
+    cache.add_argument(
+        "--cache-dir",
+        default=None,
+        help="the cache root (default: the per-user cache directory)",
+    )
     cache.add_argument("--yes", action="store_true", help="purge without asking")
-    _key_options(cache)
+    _key_options(cache, used_by=", for flush")
     cache.set_defaults(run=_cache_command)
     return parser
 
 
-def _key_options(parser: argparse.ArgumentParser) -> None:
+def _key_options(parser: argparse.ArgumentParser, used_by: str = "") -> None:
     parser.add_argument(
         "--instrumentation-key",
         default=None,
-        help=f"the full key (default: ${_config.KEY_ENV})",
+        help=f"the full key{used_by} (default: ${_config.KEY_ENV})",
     )
-    parser.add_argument("--endpoint", default=_schema.DEFAULT_ENDPOINT)
+    parser.add_argument(
+        "--endpoint",
+        default=_schema.DEFAULT_ENDPOINT,
+        help=f"the collector URL{used_by} (default: %(default)s)",
+    )
 
 
 # -- demo ---------------------------------------------------------------------
@@ -312,34 +348,59 @@ def _no_wait(seconds: float) -> None:
 def _cache_flush(root: str, args: argparse.Namespace, out: TextIO) -> int:
     counters = Counters()
     transport = _transport(args, counters)
+    if transport.tenant not in _cache.partitions(root):
+        # Opening the partition would create it, only to find it empty.
+        print(f"nothing cached for tenant {transport.tenant} under {root}", file=out)
+        return 0
     cache = _cache.DiskCache.open(root, transport.tenant, counters=counters)
     if cache is None:
         print(f"the cache under {root} cannot be used", file=out)
         return 1
     transport.kill_window.attach(cache.kill_until, cache.set_kill_until)
     sent = failed = 0
-    stop = threading.Event()
-    stop.set()  # one attempt per batch: the command reports, it does not wait
     while not transport.kill_window.active():
         claim = cache.claim()
         if claim is None:
             break
-        outcome = deliver(transport, claim.lines, sleep=_no_wait, stop_event=stop)
-        if outcome.kind == ACCEPTED:
-            claim.done()
-            sent += outcome.accepted
-        elif outcome.kind == "transient":
-            claim.release()
-            failed += len(claim.lines)
-            print(f"stopped: {outcome.status or outcome.detail}", file=out)
+        accepted, refused, stopped = _flush_claim(transport, claim, out)
+        sent += accepted
+        failed += refused
+        if stopped:
             break
-        else:
-            claim.done()
-            failed += len(claim.lines)
-            print(f"dropped a batch: {outcome}", file=out)
     transport.close()
     print(f"tenant {transport.tenant}: {sent} record(s) sent, {failed} not", file=out)
     return 0 if failed == 0 else 1
+
+
+def _flush_claim(
+    transport: Transport, claim: _cache.Claim, out: TextIO
+) -> Tuple[int, int, bool]:
+    """Send one claimed batch; return the records sent, those not sent, and
+    whether flushing stops here."""
+    parts = request_sized(claim.lines)
+    if len(parts) > 1:
+        # Stored again as request-sized batches, claimed next.
+        claim.divide(parts)
+        return 0, 0, False
+    stop = threading.Event()
+    stop.set()  # one attempt per batch: the command reports, it does not wait
+    outcome = deliver(transport, claim.lines, sleep=_no_wait, stop_event=stop)
+    if outcome.kind == SPLIT and len(claim.lines) > 1 and outcome.kill is None:
+        claim.divide(split(claim.lines))
+        return 0, 0, False
+    if outcome.kind == ACCEPTED:
+        claim.done()
+        refused = sum(outcome.rejected.values())
+        if refused:
+            print(f"rejected: {outcome.rejected}", file=out)
+        return outcome.accepted, refused, False
+    if outcome.kind == TRANSIENT:
+        claim.release()
+        print(f"stopped: {outcome.status or outcome.detail}", file=out)
+        return 0, len(claim.lines), True
+    claim.done()
+    print(f"dropped a batch: {outcome}", file=out)
+    return 0, len(claim.lines), False
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from ._transport import (
     Outcome,
     Transport,
     deliver,
+    request_sized,
     split,
 )
 
@@ -325,7 +326,7 @@ class Pipeline:
     def _store_leftovers(self) -> None:
         with self._cond:
             self._handed_over = True
-            batches: List[List[bytes]] = list(self._owned)
+            batches: List[Sequence[bytes]] = list(self._owned)
             self._owned.clear()
             batches.extend(b for b in self._ready if isinstance(b, list))
             batches.extend(self._held)
@@ -335,9 +336,13 @@ class Pipeline:
                 self._holding = 0
             self._ready.clear()
             self._held.clear()
-        lines = self._serialize_all()
-        if lines:
-            batches.append(lines)
+        # Cut as the batcher cuts: a stored batch is read back whole, and the
+        # spool reads none larger than a request.
+        batches.extend(
+            request_sized(
+                self._serialize_all(), self._max_batch_records, self._max_batch_bytes
+            )
+        )
         for batch in batches:
             self._store(batch, reason="shutdown")
 
@@ -669,6 +674,12 @@ class Pipeline:
             self._cache_may_hold = False
             self._next_drain_at = real_monotonic() + _IDLE_DRAIN_CHECK_S
             return False
+        parts = request_sized(claim.lines)
+        if len(parts) > 1:
+            # The spool is shared and outlives processes: a batch found there
+            # is not trusted to fit one request.
+            claim.divide(parts)
+            return True
         # A stored batch gets one attempt per claim: it waits on disk, not in a
         # retry loop, so draining stops at the first failure.
         outcome = deliver(
@@ -678,7 +689,9 @@ class Pipeline:
             stop_event=_ONE_ATTEMPT,
             timeout_s=self._time_left,
         )
-        if outcome.kind in (ACCEPTED, REJECTED, SPLIT, KILLED) or outcome.kill:
+        if outcome.kind == SPLIT and len(claim.lines) > 1 and outcome.kill is None:
+            claim.divide(split(claim.lines))
+        elif outcome.kind in (ACCEPTED, REJECTED, SPLIT, KILLED) or outcome.kill:
             claim.done()
             self._settle(claim.lines, outcome)
         else:
@@ -728,7 +741,7 @@ class Pipeline:
                 self._cache = None
         return self._cache is not None
 
-    def _store(self, lines: List[bytes], *, reason: str) -> None:
+    def _store(self, lines: Sequence[bytes], *, reason: str) -> None:
         if not lines:
             return
         if self._cache_ready():

@@ -256,7 +256,13 @@ class DiskCache:
             fsync=fsync,
         )
 
-    def put(self, lines: Sequence[bytes], *, created: Optional[float] = None) -> bool:
+    def put(
+        self,
+        lines: Sequence[bytes],
+        *,
+        created: Optional[float] = None,
+        evict: bool = True,
+    ) -> bool:
         """Store *lines* as one batch; return whether it was written.
 
         Room is made by evicting the oldest batches (counted
@@ -267,6 +273,8 @@ class DiskCache:
         :param lines: serialized envelopes, each without a newline.
         :param created: Unix time of the batch, which orders it among the
             others; now when None.
+        :param evict: make room first; False for lines whose room is already
+            taken in the spool (a claimed batch stored again in parts).
         """
         count = len(lines)
         if not count:
@@ -289,10 +297,10 @@ class DiskCache:
             )
             return False
         with self._writing:
-            return self._store(blob, created_ns, count)
+            return self._store(blob, created_ns, count, evict)
 
-    def _store(self, blob: bytes, created_ns: int, count: int) -> bool:
-        if not self._make_room(len(blob), created_ns):
+    def _store(self, blob: bytes, created_ns: int, count: int, evict: bool) -> bool:
+        if evict and not self._make_room(len(blob), created_ns):
             self._lose(
                 "full",
                 "dropped.cache_full",
@@ -653,8 +661,9 @@ class DiskCache:
 class Claim:
     """A batch taken from the spool by this process; settle it exactly once.
 
-    Until :meth:`done`, :meth:`release` or :meth:`drop` is called, no other
-    process sends it, unless this process dies or exceeds the claim lease.
+    Until :meth:`done`, :meth:`release`, :meth:`divide` or :meth:`drop` is
+    called, no other process sends it, unless this process dies or exceeds the
+    claim lease.
     """
 
     def __init__(
@@ -690,6 +699,23 @@ class Claim:
         except OSError as exc:
             _log.debug("disk cache: cannot release %s: %s", self.path, exc)
         # The batch is the oldest again: the next claim must list to see it.
+        self._cache._claims_since_listing = _RELIST_EVERY_CLAIMS
+
+    def divide(self, parts: Sequence[Sequence[bytes]]) -> None:
+        """Store *parts*, the batch's lines cut in order, as batches in its place.
+
+        They keep the batch's creation time, so they are claimed next, and
+        take the room it had: nothing is evicted for them. A part that cannot
+        be written is counted lost, as by :meth:`DiskCache.put`.
+
+        :param parts: every line of the batch, each in exactly one part.
+        """
+        if not self._settle():
+            return
+        for part in parts:
+            self._cache.put(part, created=self.created, evict=False)
+        self._delete()
+        # The parts are the oldest batches: the next claim must list to see them.
         self._cache._claims_since_listing = _RELIST_EVERY_CLAIMS
 
     def drop(self, reason: str) -> None:

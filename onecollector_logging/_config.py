@@ -11,6 +11,7 @@ import importlib
 import json
 import math
 import os
+import stat
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
@@ -180,6 +181,35 @@ def directory(name: str, value: object) -> Optional[str]:
     if not isinstance(path, str) or "\0" in path:
         raise ConfigurationError(f"{name} is not a usable path: {value!r}")
     return path
+
+
+def check_creatable(name: str, path: str) -> None:
+    """Refuse a directory that no one could create because a file is in the way.
+
+    Only *path* and its ancestors are looked at (``stat``); nothing is created.
+    Other problems (permissions, a read-only file system) are the cache's to
+    report when it first opens, on a background thread.
+    """
+    target = os.path.abspath(path)
+    candidate = target
+    while True:
+        try:
+            info = os.stat(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            parent = os.path.dirname(candidate)
+            if parent == candidate:
+                return
+            candidate = parent
+            continue
+        except OSError:
+            return
+        if stat.S_ISDIR(info.st_mode):
+            return
+        if candidate == target:
+            raise ConfigurationError(f"{name} {path!r} is not a directory")
+        raise ConfigurationError(
+            f"{name} {path!r} cannot be created: {candidate!r} is not a directory"
+        )
 
 
 def callable_option(name: str, value: object) -> Optional[Callable[..., Any]]:

@@ -410,3 +410,26 @@ def _wait(state: tenacity.RetryCallState) -> float:
 def split(lines: Sequence[bytes]) -> List[Sequence[bytes]]:
     middle = len(lines) // 2
     return [lines[:middle], lines[middle:]]
+
+
+def request_sized(
+    lines: Sequence[bytes],
+    max_records: int = _schema.MAX_EVENTS_PER_REQUEST,
+    max_bytes: int = _schema.MAX_REQUEST_BYTES,
+) -> List[Sequence[bytes]]:
+    """Cut *lines* into consecutive parts that each fit one request.
+
+    :param max_records: events per part at most.
+    :param max_bytes: bytes per part at most, newlines included; a longer line
+        makes a part of its own.
+    """
+    parts: List[Sequence[bytes]] = []
+    start = size = 0
+    for index, line in enumerate(lines):
+        size += len(line) + 1
+        if index > start and (index - start >= max_records or size > max_bytes):
+            parts.append(lines[start:index])
+            start, size = index, len(line) + 1
+    if start < len(lines):
+        parts.append(lines[start:])
+    return parts

@@ -229,6 +229,8 @@ class OneCollectorHandler(logging.Handler):
             ),
         )
         if not self.disabled_by_environment:
+            if self._settings.cache and self._settings.cache_dir is not None:
+                _config.check_creatable("cache_dir", self._settings.cache_dir)
             self._pipeline = self._build_pipeline()
             _handlers.add(self)
 

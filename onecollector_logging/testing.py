@@ -28,7 +28,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import (
     Any,
@@ -70,7 +70,7 @@ _MAX_PROBLEM_CHARS = 300
 _DEFLATE_WBITS = (-zlib.MAX_WBITS, zlib.MAX_WBITS, zlib.MAX_WBITS | 16)
 _GZIP_WBITS = (zlib.MAX_WBITS | 16,)
 _UNPARSEABLE = object()
-_KEY_IN_QUERY = re.compile(r"(apikey=)[^&\s]+", re.IGNORECASE)
+_KEY_IN_QUERY = re.compile(r"(apikey=)([^&\s]+)", re.IGNORECASE)
 
 _Body = Union[None, Mapping[str, Any], str, bytes]
 _HeaderPairs = List[Tuple[str, str]]
@@ -151,6 +151,9 @@ class Answer:
 class ReceivedRequest:
     """One request as the collector received it, and what it answered.
 
+    Its repr shows an API key, from a header or from the query, by its tenant
+    id only.
+
     :param method: HTTP method.
     :param path: URL path, without the query.
     :param query: query parameters (the last value of a repeated name).
@@ -183,6 +186,22 @@ class ReceivedRequest:
     problem: Optional[str]
     scripted: bool
     received_at: float
+
+    def __repr__(self) -> str:
+        # A client may put the key in the query string as well as in a header;
+        # a failing assertion must print it from neither.
+        shown = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "path":
+                value = _masked_path(value)
+            elif item.name == "query":
+                value = {
+                    name: _masked(text) if name.lower() in _KEY_HEADERS else text
+                    for name, text in value.items()
+                }
+            shown.append(f"{item.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
 
 @dataclass(frozen=True)
@@ -266,6 +285,10 @@ def _masked(keys: str) -> str:
     return ",".join(f"{key.partition('-')[0]}-***" for key in keys.split(","))
 
 
+def _masked_path(path: str) -> str:
+    return _KEY_IN_QUERY.sub(lambda match: match[1] + _masked(match[2]), path)
+
+
 def _api_keys(headers: Headers, query: Mapping[str, str]) -> List[str]:
     """Return the full keys of a request, wherever its client put them."""
     joined = headers.get("x-apikey") or headers.get("apikey") or query.get("apikey")
@@ -276,7 +299,8 @@ def _check_route(method: str, path: str) -> Optional[_Verdict]:
     if method != "POST":
         return _Verdict(405, f"Method {method} not allowed; events are POSTed.")
     if path.rstrip("/") != COLLECTOR_PATH.rstrip("/"):
-        return _Verdict(404, _clean(f"Nothing at {path}; post to {COLLECTOR_PATH}."))
+        shown = _masked_path(path)
+        return _Verdict(404, _clean(f"Nothing at {shown}; post to {COLLECTOR_PATH}."))
     return None
 
 

@@ -171,6 +171,25 @@ def test_release_makes_the_batch_claimable_again_in_its_place(
     assert again.lines == _lines("a", 2)
 
 
+def test_divide_puts_the_parts_in_the_batchs_place_evicting_nothing(
+    root: str, counters: Counters
+) -> None:
+    batch, newer = _noisy_lines("a", 10), _noisy_lines("b", 2)
+    writer = _open(root)
+    writer.put(batch, created=time.time() - 60.25)
+    writer.put(newer)
+    # Full but for a few bytes: the parts may not push out the newer batch.
+    cache = _open(root, counters=counters, max_bytes=_disk_bytes(writer) + 64)
+    claim = cache.claim()
+    assert claim is not None
+
+    claim.divide([claim.lines[:4], claim.lines[4:]])
+
+    assert _drain(cache) == [batch[:4], batch[4:], newer]
+    assert _files(cache, ".claim") == []
+    assert counters.snapshot() == {}
+
+
 def test_settling_a_claim_twice_does_nothing(
     cache: DiskCache, counters: Counters
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from typing import List
 import requests
 from support import KEY, TENANT
 
+from onecollector_logging.__main__ import _parser
 from onecollector_logging.testing import Answer, LocalCollector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,3 +128,22 @@ def test_collector_command_prints_each_accepted_event() -> None:
 
     assert answer.status_code == 200
     assert json.loads(printed[0])["name"] == "Contoso.Cli.Check"
+
+
+def test_every_argument_of_every_command_has_help() -> None:
+    parser = _parser()
+    commands = next(
+        action
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+
+    silent = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, command in commands.choices.items()
+        for action in command._actions
+        if not action.help
+    ]
+
+    assert sorted(commands.choices) == ["cache", "collector", "demo", "send"]
+    assert silent == []

@@ -13,7 +13,7 @@ from support import KEY, OTHER_TENANT, TENANT, isolated_logger, messages
 from onecollector_logging import OneCollectorHandler
 from onecollector_logging._batcher import Pipeline
 from onecollector_logging._cache import DiskCache
-from onecollector_logging._transport import Interrupted
+from onecollector_logging._transport import Interrupted, request_sized
 from onecollector_logging.testing import Answer, LocalCollector
 
 Make = Callable[..., OneCollectorHandler]
@@ -238,6 +238,15 @@ def test_too_large_batches_are_halved_and_a_lone_event_dropped(
 
     assert handler.stats()["dropped"]["too_large"] == 1
     assert len(onecollector.events) == 100
+
+
+def test_request_sized_parts_keep_the_order_within_both_limits() -> None:
+    lines = [b"x" * size for size in (5, 5, 5, 20, 5, 5, 5)]
+
+    parts = request_sized(lines, max_records=3, max_bytes=18)
+
+    assert parts == [lines[:3], lines[3:4], lines[4:7]]
+    assert request_sized([]) == []
 
 
 def test_connection_resets_back_off_and_everything_arrives_after(

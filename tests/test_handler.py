@@ -490,6 +490,51 @@ def test_a_refused_construction_leaves_logging_usable(options: dict) -> None:
 
 
 @pytest.mark.parametrize(
+    ("under_the_file", "problem"),
+    [
+        ("", "is not a directory"),
+        ("sub/cache", "cannot be created: '{file}' is not a directory"),
+    ],
+)
+def test_a_file_in_the_way_of_cache_dir_fails_at_construction(
+    tmp_path: Path, under_the_file: str, problem: str
+) -> None:
+    file = tmp_path / "taken"
+    file.write_text("not a directory")
+    cache_dir = str(file / under_the_file) if under_the_file else str(file)
+    lazy = tmp_path / "lazy" / "cache"
+
+    with pytest.raises(ConfigurationError) as caught:
+        OneCollectorHandler(KEY, cache_dir=cache_dir)
+    OneCollectorHandler(KEY, cache_dir=str(lazy)).close()
+
+    message = str(caught.value)
+    assert message.startswith(f"cache_dir {cache_dir!r}")
+    assert problem.format(file=file) in message
+    assert sorted(tmp_path.iterdir()) == [file]
+
+
+def test_dict_config_refuses_a_file_as_cache_dir(tmp_path: Path) -> None:
+    file = tmp_path / "taken"
+    file.write_text("not a directory")
+    handler = {
+        "class": "onecollector_logging.OneCollectorHandler",
+        "instrumentation_key": KEY,
+        "cache_dir": str(file),
+    }
+
+    with pytest.raises(ValueError, match="Unable to configure handler") as caught:
+        logging.config.dictConfig(
+            {"version": 1, "handlers": {"oc": handler}, "root": {"handlers": ["oc"]}}
+        )
+
+    assert isinstance(caught.value.__cause__, ConfigurationError)
+    assert str(file) in str(caught.value.__cause__)
+    logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+    logging.shutdown(list(logging._handlerList))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
     "endpoint", ["http://[::1", "https://host:99999/", "http://host:0/"]
 )
 def test_malformed_endpoints_are_configuration_errors(endpoint: str) -> None:

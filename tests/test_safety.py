@@ -281,6 +281,37 @@ def test_a_tiny_queue_with_a_stalled_collector_spills_and_accounts_for_all(
     assert _cached_records(tmp_path / "cache") == stats["cached"]
 
 
+def test_records_left_at_close_are_stored_in_request_sized_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As during interpreter shutdown: no thread starts, so close() itself
+    # stores everything that was queued.
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    handler = OneCollectorHandler(
+        KEY, endpoint="http://127.0.0.1:9/OneCollector/1.0/", cache_dir=str(tmp_path)
+    )
+    logger = isolated_logger("app.exit", handler)
+    for i in range(1200):
+        logger.info("n%d", i)
+
+    handler.close()
+
+    cache = DiskCache.open(str(tmp_path), TENANT)
+    assert cache is not None
+    sizes = []
+    while True:
+        claim = cache.claim()
+        if claim is None:
+            break
+        sizes.append(len(claim.lines))
+        claim.done()
+    assert sorted(sizes) == [200, 500, 500]
+    assert handler.stats()["cached"] == 1200
+
+
 @FORK_IN_THREADS
 def test_a_forked_child_sends_its_own_records_under_its_own_epoch(
     onecollector: LocalCollector, make_handler: Make

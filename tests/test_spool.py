@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
-from support import KEY, TENANT, isolated_logger
+from support import KEY, OTHER_TENANT, TENANT, isolated_logger, wait_until
 
 from onecollector_logging import OneCollectorHandler
 from onecollector_logging._cache import DiskCache
@@ -266,29 +266,60 @@ def test_a_kill_window_is_honoured_by_the_next_process(
     assert _cache_stats(tmp_path)["kill_until"] > 0
 
 
+def _cli(*args: str, key: Optional[str] = KEY) -> str:
+    """Run ``cache`` with *args*; return its exit status, a newline, its output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if key:
+        env["ONECOLLECTOR_INSTRUMENTATION_KEY"] = key
+    result = subprocess.run(
+        [sys.executable, "-m", "onecollector_logging", "cache", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    return f"{result.returncode}\n{result.stdout}{result.stderr}"
+
+
+def _tree(root: Path) -> List[str]:
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+def _envelopes(first: int, count: int) -> List[bytes]:
+    """Serialized envelopes the collector accepts, numbered from *first*."""
+    return [
+        json.dumps(
+            {
+                "ver": "4.0",
+                "name": "Contoso.Spool.Log",
+                "time": "2026-12-03T10:11:12.345Z",
+                "iKey": f"o:{TENANT}",
+                "data": {"n": n},
+            }
+        ).encode()
+        for n in range(first, first + count)
+    ]
+
+
+def _store_batches(cache_dir: Path, *sizes: int) -> None:
+    cache = DiskCache.open(str(cache_dir), TENANT)
+    assert cache is not None
+    first = 0
+    for size in sizes:
+        assert cache.put(_envelopes(first, size))
+        first += size
+
+
 def test_cache_command_line(onecollector: LocalCollector, tmp_path: Path) -> None:
     _finish(_spawn("cli", DEAD_ENDPOINT, tmp_path, records=30))
 
-    def cli(*args: str, key: Optional[str] = KEY) -> str:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        if key:
-            env["ONECOLLECTOR_INSTRUMENTATION_KEY"] = key
-        result = subprocess.run(
-            [sys.executable, "-m", "onecollector_logging", "cache", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-        return f"{result.returncode}\n{result.stdout}{result.stderr}"
-
-    stats = cli("stats", "--cache-dir", str(tmp_path))
+    stats = _cli("stats", "--cache-dir", str(tmp_path))
     assert stats.startswith("0\n") and TENANT in stats and "30" in stats
-    refused = cli("purge", "--cache-dir", str(tmp_path))
+    refused = _cli("purge", "--cache-dir", str(tmp_path))
     assert refused.startswith("1\n")
-    flushed = cli(
+    flushed = _cli(
         "flush", "--cache-dir", str(tmp_path), "--endpoint", onecollector.endpoint
     )
     assert flushed.startswith("0\n") and "30 record(s) sent" in flushed
@@ -296,8 +327,86 @@ def test_cache_command_line(onecollector: LocalCollector, tmp_path: Path) -> Non
     assert KEY not in stats + flushed
 
     _finish(_spawn("cli2", DEAD_ENDPOINT, tmp_path, records=5))
-    purged = cli("purge", "--yes", "--cache-dir", str(tmp_path))
+    purged = _cli("purge", "--yes", "--cache-dir", str(tmp_path))
     assert purged.startswith("0\n")
+    assert _cache_stats(tmp_path)["records"] == 0
+
+
+def test_cache_commands_create_nothing_for_a_tenant_with_nothing_cached(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing"
+    other = tmp_path / "other"
+    other_cache = DiskCache.open(str(other), OTHER_TENANT)
+    assert other_cache is not None and other_cache.put(_envelopes(0, 3))
+    before = _tree(tmp_path)
+
+    flushed = [
+        _cli("flush", "--cache-dir", str(root), "--endpoint", onecollector.endpoint)
+        for root in (missing, other)
+    ]
+    shown = [_cli("stats", "--cache-dir", str(root)) for root in (missing, other)]
+    purged = [_cli("purge", "--yes", "--cache-dir", str(root)) for root in (missing,)]
+
+    assert _tree(tmp_path) == before
+    for output in flushed:
+        assert output.startswith("0\n"), output
+        assert f"nothing cached for tenant {TENANT}" in output
+    assert all(output.startswith("0\n") for output in shown + purged)
+    assert onecollector.requests == []
+
+
+def test_cache_flush_sends_batches_larger_than_a_request_and_counts_all(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    _store_batches(tmp_path, 300, 700, 200)
+
+    flushed = _cli(
+        "flush", "--cache-dir", str(tmp_path), "--endpoint", onecollector.endpoint
+    )
+
+    assert flushed.startswith("0\n"), flushed
+    assert f"tenant {TENANT}: 1200 record(s) sent, 0 not" in flushed
+    assert [e["data"]["n"] for e in onecollector.events] == list(range(1200))
+    assert all(len(r.events) <= 500 for r in onecollector.requests)
+    assert _cache_stats(tmp_path)["records"] == 0
+
+
+def test_cache_flush_counts_rejected_records_as_not_sent(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    _store_batches(tmp_path, 10)
+    onecollector.script(
+        Answer(200, body={"acc": 8, "efi": {"InvalidEventFormat": [0, 1]}})
+    )
+
+    flushed = _cli(
+        "flush", "--cache-dir", str(tmp_path), "--endpoint", onecollector.endpoint
+    )
+
+    assert flushed.startswith("1\n"), flushed
+    assert f"tenant {TENANT}: 8 record(s) sent, 2 not" in flushed
+    assert len(onecollector.events) == 8
+
+
+def test_a_cached_batch_larger_than_a_request_is_delivered_in_parts(
+    onecollector: LocalCollector, make_handler: Any, tmp_path: Path
+) -> None:
+    _store_batches(tmp_path, 1200)
+    handler = make_handler(cache_dir=str(tmp_path))
+    logger = isolated_logger("app.drain", handler)
+
+    logger.info("live")
+    assert wait_until(
+        lambda: len(onecollector.events) == 1201 or "dropped" in handler.stats(),
+        timeout=30,
+    )
+    handler.close()
+
+    drained = sorted(e["data"]["n"] for e in onecollector.events if "n" in e["data"])
+    assert drained == list(range(1200))
+    assert handler.stats()["accepted"] == 1201
+    assert "dropped" not in handler.stats()
     assert _cache_stats(tmp_path)["records"] == 0
 
 

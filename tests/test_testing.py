@@ -648,6 +648,22 @@ def test_the_repr_of_received_headers_hides_the_keys() -> None:
     assert "0123abcd-***,4567ef-***" in shown and "'Accept': 'a'" in shown
 
 
+def test_the_repr_of_a_received_request_hides_a_key_in_the_query(
+    onecollector: LocalCollector,
+) -> None:
+    params = {"content-type": "application/x-json-stream", "APIKey": KEY}
+    post(onecollector, ndjson(envelope()), {"Content-Type": "text/plain"}, params)
+    misrouted = f"{onecollector.endpoint}apikey={KEY2}/"
+    requests.post(misrouted, data=b"", headers=HEADERS, timeout=5.0)
+
+    shown = [repr(request) for request in onecollector.requests]
+
+    assert onecollector.requests[0].query["APIKey"] == KEY
+    assert KEY not in shown[0] and f"'APIKey': '{TENANT}-***'" in shown[0]
+    assert KEY2 not in shown[1] and f"apikey={TENANT2}-***" in shown[1]
+    assert "'content-type': 'application/x-json-stream'" in shown[0]
+
+
 def test_fixture_gives_a_started_collector_and_stops_it(
     pytester: pytest.Pytester,
 ) -> None:
