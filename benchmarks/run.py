@@ -820,7 +820,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--repeat",
         type=int,
         default=None,
-        help="runs of the cheap scenarios, medians reported (default: 5)",
+        help="runs of the cheap scenarios, medians reported (default: 7)",
     )
     parser.add_argument(
         "--only", default="", help="comma-separated scenario keys to run"
@@ -829,7 +829,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--profile", action="store_true", help="profile our handler with py-spy"
     )
     args = parser.parse_args(argv)
-    repeat = args.repeat or 5
+    repeat = args.repeat or 7
     scenarios = plan(args.quick, repeat)
     if args.only:
         wanted = set(args.only.split(","))
