@@ -103,7 +103,10 @@ class Pipeline:
 
     :param serialize: turns a snapshot into one envelope line (batcher thread).
     :param open_cache: opens the disk cache (or returns None); called once, on a
-        pipeline thread, never on the application's.
+        pipeline thread, never on the application's (but by a close that must
+        not wait for the pipeline threads).
+    :param on_start: called on the application's thread once the pipeline's
+        threads have started.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class Pipeline:
         transport: Transport,
         open_cache: Callable[[], Any],
         counters: Counters,
+        on_start: Callable[[], None] = lambda: None,
         max_queue_records: int,
         max_batch_records: int = _schema.MAX_EVENTS_PER_REQUEST,
         max_batch_bytes: int = _schema.MAX_REQUEST_BYTES,
@@ -124,6 +128,7 @@ class Pipeline:
         self._serialize = serialize
         self.transport = transport
         self._open_cache = open_cache
+        self._on_start = on_start
         self._counters = counters
         self._max_queue = max_queue_records
         self._yield_mark = max(1, max_queue_records * 3 // 4)
@@ -162,6 +167,10 @@ class Pipeline:
         self._handed_over = False
         self._cache: Any = None
         self._cache_opened = False
+        #: Held by the thread that opens the cache.
+        self._opening = threading.Lock()
+        #: Set by a close that must not wait for the pipeline threads.
+        self._hurry = False
         self._deadline = 0.0
         #: When the sender may next look at the disk cache (real monotonic).
         self._next_drain_at = 0.0
@@ -230,6 +239,7 @@ class Pipeline:
                 self._threads = []
                 return
             self._threads = threads
+        self._on_start()
 
     def queued(self) -> int:
         """Records in memory: queued, batched for the sender, or being sent."""
@@ -262,17 +272,20 @@ class Pipeline:
                 self._cond.wait(remaining)
         return True
 
-    def begin_close(self, timeout_s: float) -> bool:
+    def begin_close(self, timeout_s: float, *, hurry: bool = False) -> bool:
         """Give the threads *timeout_s* to stop; return at once.
 
         :meth:`end_close` then waits: pipelines that all begin before any ends
         close in the time of the slowest, not in the sum of their times.
 
+        :param hurry: the threads may be blocked until this close is over:
+            store what is left without waiting for any lock they may hold.
         :returns: False when the pipeline was already closing.
         """
         with self._start_lock:
             if self._closing.is_set():
                 return False
+            self._hurry = hurry
             self._deadline = real_monotonic() + timeout_s
             self._closing.set()
         self._interrupt.set()
@@ -732,14 +745,34 @@ class Pipeline:
         return max(0.05, getattr(self, "_deadline", 0.0) - real_monotonic())
 
     def _cache_ready(self) -> bool:
-        if not self._cache_opened:
-            self._cache_opened = True
+        if self._cache_opened:
+            return self._cache is not None
+        wait = -1.0
+        if self._closing.is_set():
+            # Another thread may be opening it and stuck: a close waits for
+            # it no longer than its deadline.
+            wait = 0.0 if self._hurry else max(0.0, self._deadline - real_monotonic())
+        if self._opening.acquire(timeout=wait):
             try:
-                self._cache = self._open_cache()
-            except Exception:
-                log.warning("%s: disk cache unavailable", self._name, exc_info=True)
-                self._cache = None
+                if not self._cache_opened:
+                    self._cache = self._try_open_cache()
+                    self._cache_opened = True
+            finally:
+                self._opening.release()
+        elif self._hurry:
+            # The thread opening it may be waiting for the logging lock that
+            # the closing thread holds: a cache of this close's own takes
+            # what is left.
+            self._cache = self._try_open_cache()
+            self._cache_opened = True
         return self._cache is not None
+
+    def _try_open_cache(self) -> Any:
+        try:
+            return self._open_cache()
+        except Exception:
+            log.warning("%s: disk cache unavailable", self._name, exc_info=True)
+            return None
 
     def _store(self, lines: Sequence[bytes], *, reason: str) -> None:
         if not lines:

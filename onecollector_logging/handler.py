@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import sys
 import threading
 import uuid
 import weakref
@@ -262,6 +263,7 @@ class OneCollectorHandler(logging.Handler):
             serialize=builder.serialize,
             transport=transport,
             open_cache=self._open_cache,
+            on_start=_watch_multiprocessing_exit,
             counters=self.counters,
             max_queue_records=settings.max_queue_records,
             max_batch_records=settings.max_batch_records,
@@ -363,8 +365,10 @@ class OneCollectorHandler(logging.Handler):
 
         At exit it only starts sending: the :meth:`close` that
         :func:`logging.shutdown` makes next waits, for every handler at once.
+        Under the logging module's lock (``dictConfig()`` flushing the handlers
+        it replaces) it does not wait either: see :meth:`close`.
         """
-        if _exiting.is_set():
+        if _exiting.is_set() or _logging_lock_held():
             self.flush_within(0.0)
         else:
             self.flush_within(self.shutdown_timeout)
@@ -383,7 +387,13 @@ class OneCollectorHandler(logging.Handler):
             self._flush_ended = real_monotonic()
 
     def close(self) -> None:
-        """Send or store what is left within *shutdown_timeout*; idempotent."""
+        """Send or store what is left within *shutdown_timeout*; idempotent.
+
+        When called under the logging module's lock, as ``dictConfig()`` and
+        ``fileConfig()`` close the handlers they replace, it returns at once:
+        the pipeline threads may be waiting for that lock, so what is left goes
+        to the disk cache, which the next handler of the tenant sends.
+        """
         if self._closed:
             super().close()
         elif _exiting.is_set():
@@ -406,6 +416,13 @@ class OneCollectorHandler(logging.Handler):
             if now - self._flush_ended < _FLUSH_THEN_CLOSE_S:
                 start = self._flush_started
             remaining = start + self.shutdown_timeout - now
+            if _logging_lock_held():
+                # dictConfig() and fileConfig() close the handlers they replace
+                # holding logging's lock, which the pipeline threads may be
+                # waiting for in any logging call (theirs, urllib3's...):
+                # waiting for them would only use up the budget. What is left
+                # goes to the disk cache now; the next handler sends it.
+                return self._pipeline.begin_close(0.0, hurry=True)
             return self._pipeline.begin_close(max(0.0, remaining))
         return True
 
@@ -460,6 +477,42 @@ def _close_together(handlers: Iterable[OneCollectorHandler]) -> None:
             failure = failure or exc
     if failure is not None:
         raise failure
+
+
+def _logging_lock_held() -> bool:
+    """Whether this thread holds the logging module's lock."""
+    lock = getattr(logging, "_lock", None)
+    is_owned = getattr(lock, "_is_owned", None)
+    return bool(is_owned is not None and is_owned())
+
+
+#: The process in which the multiprocessing finalizer below was registered.
+_watched_pid: List[int] = []
+
+
+def _watch_multiprocessing_exit() -> None:
+    """In a process started by multiprocessing, close every handler when it
+    ends: a child started by fork or forkserver leaves through os._exit(),
+    which runs neither atexit hooks nor logging.shutdown(), only
+    multiprocessing's own finalizers. Called when a pipeline starts its threads,
+    so in the child after multiprocessing has cleared the parent's finalizers.
+    """
+    # Looked up, never imported: importing multiprocessing would make every
+    # LogRecord of the application look up its process name.
+    module = sys.modules.get("multiprocessing")
+    util = sys.modules.get("multiprocessing.util")
+    if module is None or util is None or _watched_pid == [os.getpid()]:
+        return
+    if module.parent_process() is None:
+        return
+    _watched_pid[:] = [os.getpid()]
+    # Last of the finalizers, after any that may still log.
+    util.Finalize(None, _close_all_at_exit, exitpriority=-100)
+
+
+def _close_all_at_exit() -> None:
+    _exiting.set()
+    _close_together(_live_handlers())
 
 
 def _reinit_after_fork() -> None:

@@ -72,6 +72,35 @@ def test_records_from_four_threads_arrive_once_with_gapless_seq(
         _close_app_handlers()
 
 
+def test_reconfiguring_returns_at_once_and_keeps_the_old_handlers_records(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    logging.config.dictConfig(
+        _dict_config(onecollector.endpoint, tmp_path, shutdown_timeout="5")
+    )
+    old = logging.getLogger("app").handlers[0]
+    assert isinstance(old, OneCollectorHandler)
+    for i in range(50):
+        logging.getLogger("app").info("before reconfiguring %d", i)
+
+    started = time.monotonic()
+    # dictConfig() flushes and closes the handler it replaces holding
+    # logging's lock, which the handler's threads wait for when they log.
+    logging.config.dictConfig(
+        _dict_config(onecollector.endpoint, tmp_path, shutdown_timeout="5")
+    )
+    elapsed = time.monotonic() - started
+
+    try:
+        stats = old.stats()
+        assert elapsed < 2.5  # waiting for the threads took the whole 5 s
+        assert "dropped" not in stats
+        assert stats.get("accepted", 0) + stats.get("cached", 0) == 50
+        assert stats["queued"] == 0
+    finally:
+        _close_app_handlers()
+
+
 def test_full_key_only_in_the_header_and_ikey_is_the_tenant(
     onecollector: LocalCollector, make: Make
 ) -> None:

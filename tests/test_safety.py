@@ -147,6 +147,77 @@ def test_dict_config_replacing_the_handler_during_a_send_is_bounded(
     logging.getLogger("app").handlers.clear()
 
 
+_MULTIPROCESSING_APP = """
+import json, logging, multiprocessing, sys
+from onecollector_logging import OneCollectorHandler
+
+ARGS = json.loads(sys.argv[1])
+
+
+def configure():
+    handler = OneCollectorHandler(
+        ARGS["key"],
+        endpoint=ARGS["endpoint"],
+        cache_dir=ARGS["cache_dir"],
+        flush_interval_s=0.05,
+    )
+    logger = logging.getLogger("mp")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+
+
+def work(worker):
+    logger = logging.getLogger("mp")
+    if not logger.handlers:
+        configure()  # a forkserver child starts from a fresh interpreter
+    for i in range(ARGS["records"]):
+        logger.info("worker %d record %d", worker, i)
+
+
+if __name__ == "__main__":
+    configure()
+    context = multiprocessing.get_context(ARGS["method"])
+    workers = [context.Process(target=work, args=(n,)) for n in range(2)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join()
+    print(json.dumps([process.exitcode for process in workers]))
+"""
+
+
+# A child that multiprocessing starts by fork or forkserver ends with
+# os._exit(): no atexit hook and no logging.shutdown() run there.
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_records_of_multiprocessing_children_are_sent_before_they_exit(
+    onecollector: LocalCollector, tmp_path: Path, method: str
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(_MULTIPROCESSING_APP, encoding="utf-8")
+    args = {
+        "key": KEY,
+        "endpoint": onecollector.endpoint,
+        "cache_dir": str(tmp_path / "cache"),
+        "records": 20,
+        "method": method,
+    }
+
+    done = subprocess.run(
+        [sys.executable, str(app), json.dumps(args)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [0, 0]
+    assert onecollector.wait_for_events(40, timeout=10)
+    sent = sorted(messages(onecollector.events))
+    assert sent == sorted(f"worker {n} record {i}" for n in range(2) for i in range(20))
+
+
 _EXIT_CHILD = """
 import json, logging.config, sys
 args = json.loads(sys.argv[1])
