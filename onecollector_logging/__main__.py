@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     collector.add_argument(
         "--port",
-        type=int,
+        type=_port,
         default=0,
         help="the port to listen on (default: a free one)",
     )
@@ -206,6 +206,16 @@ def _print_demo(
 # -- collector ---------------------------------------------------------------
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {port}")
+    return port
+
+
 def _collector(args: argparse.Namespace) -> int:
     lock = threading.Lock()
 
@@ -214,10 +224,21 @@ def _collector(args: argparse.Namespace) -> int:
             print(json.dumps(envelope, ensure_ascii=False), flush=True)
 
     collector = LocalCollector(host=args.host, port=args.port, on_event=show)
-    with collector:
+    try:
+        collector.start()
+    except OSError as exc:
+        reason = exc.strerror or exc
+        print(
+            f"error: cannot listen on {args.host} port {args.port}: {reason}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
         print(f"collector listening on {collector.endpoint}", flush=True)
         print("press Ctrl-C to stop", file=sys.stderr, flush=True)
         threading.Event().wait()
+    finally:
+        collector.stop()
     return 0
 
 

@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import numbers
+import os
 import uuid
 from collections.abc import Mapping, Sequence, Set
 from typing import Dict, List, Union
@@ -87,7 +88,8 @@ def to_json(value: object) -> JSONValue:
       datetime is taken to be UTC already (as the Olive client does), because
       converting from local time would make the result depend on the host.
     - ``date``, ``time``: ``isoformat()``; ``timedelta``: total seconds (float).
-    - ``UUID``: canonical string; ``Decimal``: its exact string.
+    - ``UUID``: canonical string; ``Decimal``: its exact string; a path
+      (``os.PathLike``, such as ``pathlib.Path``): its file-system string.
     - ``Enum`` member: its value when that is a ``str``, ``int``, ``float`` or
       ``bool`` (coerced as above), otherwise its name.
     - Other :class:`numbers.Integral` / :class:`numbers.Real`: ``int`` / ``float``.
@@ -294,6 +296,8 @@ def _scalar(value: object) -> object:
         return str(value)
     if isinstance(value, decimal.Decimal):
         return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fsdecode(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, numbers.Integral):

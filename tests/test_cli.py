@@ -31,6 +31,19 @@ def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_collector_refuses_a_bad_port_and_an_address_it_cannot_use() -> None:
+    with LocalCollector() as taken:
+        in_use = str(taken.port)
+        bad_port = _cli("collector", "--port", "99999")
+        busy = _cli("collector", "--host", "127.0.0.1", "--port", in_use)
+
+    assert bad_port.returncode == 2
+    assert "a port is 0 to 65535" in bad_port.stderr
+    assert busy.returncode == 1
+    assert busy.stderr.startswith(f"error: cannot listen on 127.0.0.1 port {in_use}")
+    assert "Traceback" not in bad_port.stderr + busy.stderr
+
+
 def test_demo_shows_every_workload_record_accepted() -> None:
     result = _cli("demo")
 

@@ -7,6 +7,7 @@ import enum
 import fractions
 import json
 import math
+import pathlib
 import uuid
 from collections import OrderedDict, deque, namedtuple
 from typing import Any, Dict, List
@@ -138,6 +139,7 @@ CASES = [
         uuid.UUID("12345678-1234-5678-1234-567812345678"),
         "12345678-1234-5678-1234-567812345678",
     ),
+    ("path", pathlib.PurePosixPath("/var/log/app.log"), "/var/log/app.log"),
     ("decimal keeps its digits", decimal.Decimal("1.10"), "1.10"),
     ("decimal nan", decimal.Decimal("NaN"), "NaN"),
     ("enum with int value", Color.RED, 1),
