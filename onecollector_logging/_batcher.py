@@ -61,6 +61,10 @@ _WAIT_SLICE_S = 0.2
 #: How long the batcher waits for the sender before looking at the queue again;
 #: a burst fills the queue by a few hundred records in that time.
 _HANDOFF_WAIT_S = 0.005
+#: How long a close that took over the pipeline's batches still waits for the
+#: batcher, which may have taken records from the queue that no one else can
+#: see: it writes them to the disk cache itself, in a moment.
+_BATCHER_GRACE_S = 0.5
 #: How often an idle sender looks for batches other processes left on disk.
 _IDLE_DRAIN_CHECK_S = 30.0
 #: After a failed drain, the next one waits this long unless a live batch
@@ -303,6 +307,8 @@ class Pipeline:
         # Records put while the threads were finishing are still queued.
         if any(t.is_alive() for t in self._threads or []) or self._queue:
             self._hand_over()
+            if self._threads and not self._hurry:
+                self._threads[0].join(_BATCHER_GRACE_S)  # the batcher
         self._closed_out = True
         self._drop_late()
         self.transport.close()
