@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import logging.config
+import os
 import sys
 import tempfile
 import threading
@@ -306,6 +307,9 @@ def _send(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 def _cache_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     root = args.cache_dir or _cache.default_cache_root()
+    if os.path.exists(root) and not os.path.isdir(root):
+        print(f"error: the cache root {root} is not a directory", file=sys.stderr)
+        return 2
     if args.action == "stats":
         return _cache_stats(root, out)
     if args.action == "purge":
@@ -389,7 +393,12 @@ def _cache_flush(root: str, args: argparse.Namespace, out: TextIO) -> int:
         if stopped:
             break
     transport.close()
-    print(f"tenant {transport.tenant}: {sent} record(s) sent, {failed} not", file=out)
+    left = cache.stats().get("records", 0)
+    print(
+        f"tenant {transport.tenant}: {sent} record(s) sent, {failed} not;"
+        f" {left} still cached",
+        file=out,
+    )
     return 0 if failed == 0 else 1
 
 

@@ -389,6 +389,30 @@ def test_cache_flush_counts_rejected_records_as_not_sent(
     assert len(onecollector.events) == 8
 
 
+def test_cache_flush_stopped_by_a_failure_says_what_is_still_cached(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    _store_batches(tmp_path, 300, 200)
+    onecollector.script_always(Answer(503))
+
+    flushed = _cli(
+        "flush", "--cache-dir", str(tmp_path), "--endpoint", onecollector.endpoint
+    )
+
+    assert flushed.startswith("1\n"), flushed
+    assert "0 record(s) sent, 300 not; 500 still cached" in flushed
+
+
+def test_cache_commands_refuse_a_file_as_the_cache_root(tmp_path: Path) -> None:
+    a_file = tmp_path / "cache"
+    a_file.write_text("not a directory", encoding="utf-8")
+
+    shown = _cli("stats", "--cache-dir", str(a_file))
+
+    assert shown.startswith("2\n"), shown
+    assert "is not a directory" in shown
+
+
 def test_a_cached_batch_larger_than_a_request_is_delivered_in_parts(
     onecollector: LocalCollector, make_handler: Any, tmp_path: Path
 ) -> None:
