@@ -21,12 +21,9 @@ from ._stats import Counters
 from ._transport import (
     ACCEPTED,
     SDK_VERSION,
-    SPLIT,
     TRANSIENT,
     Transport,
-    deliver,
-    request_sized,
-    split,
+    deliver_stored,
 )
 from .exceptions import ConfigurationError
 from .handler import OneCollectorHandler
@@ -407,17 +404,11 @@ def _flush_claim(
 ) -> Tuple[int, int, bool]:
     """Send one claimed batch; return the records sent, those not sent, and
     whether flushing stops here."""
-    parts = request_sized(claim.lines)
-    if len(parts) > 1:
-        # Stored again as request-sized batches, claimed next.
-        claim.divide(parts)
-        return 0, 0, False
     stop = threading.Event()
     stop.set()  # one attempt per batch: the command reports, it does not wait
-    outcome = deliver(transport, claim.lines, sleep=_no_wait, stop_event=stop)
-    if outcome.kind == SPLIT and len(claim.lines) > 1 and outcome.kill is None:
-        claim.divide(split(claim.lines))
-        return 0, 0, False
+    outcome = deliver_stored(transport, claim, sleep=_no_wait, stop_event=stop)
+    if outcome is None:
+        return 0, 0, False  # stored again in parts, claimed next
     if outcome.kind == ACCEPTED:
         claim.done()
         refused = sum(outcome.rejected.values())

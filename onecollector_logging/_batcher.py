@@ -35,6 +35,7 @@ from ._transport import (
     Outcome,
     Transport,
     deliver,
+    deliver_stored,
     request_sized,
     split,
 )
@@ -693,23 +694,17 @@ class Pipeline:
             self._cache_may_hold = False
             self._next_drain_at = real_monotonic() + _IDLE_DRAIN_CHECK_S
             return False
-        parts = request_sized(claim.lines)
-        if len(parts) > 1:
-            # The spool is shared and outlives processes: a batch found there
-            # is not trusted to fit one request.
-            claim.divide(parts)
-            return True
         # A stored batch gets one attempt per claim: it waits on disk, not in a
         # retry loop, so draining stops at the first failure.
-        outcome = deliver(
+        outcome = deliver_stored(
             self.transport,
-            claim.lines,
+            claim,
             sleep=self._sleep,
             stop_event=_ONE_ATTEMPT,
             timeout_s=self._time_left,
         )
-        if outcome.kind == SPLIT and len(claim.lines) > 1 and outcome.kill is None:
-            claim.divide(split(claim.lines))
+        if outcome is None:
+            pass  # stored again in parts, claimed next
         elif outcome.kind in (ACCEPTED, REJECTED, SPLIT, KILLED) or outcome.kill:
             claim.done()
             self._settle(claim.lines, outcome)

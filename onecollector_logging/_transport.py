@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Union
 
 import requests
 import tenacity
@@ -433,3 +433,44 @@ def request_sized(
     if start < len(lines):
         parts.append(lines[start:])
     return parts
+
+
+class StoredBatch(Protocol):
+    """A batch claimed from the disk cache (:class:`~._cache.Claim`)."""
+
+    @property
+    def lines(self) -> Sequence[bytes]: ...
+
+    def divide(self, parts: Sequence[Sequence[bytes]]) -> None: ...
+
+
+def deliver_stored(
+    transport: Transport,
+    batch: StoredBatch,
+    *,
+    sleep: Callable[[float], None],
+    stop_event: threading.Event,
+    timeout_s: Optional[Callable[[], Optional[float]]] = None,
+) -> Optional[Outcome]:
+    """Send a batch claimed from the disk cache, as :func:`deliver` does.
+
+    A batch larger than one request (the cache is shared and outlives
+    processes: what it holds is not trusted to fit), or one of several events
+    answered 413, is stored again in parts in its place instead: then None is
+    returned. Otherwise the outcome, by which the caller settles the claim.
+    """
+    parts = request_sized(batch.lines)
+    if len(parts) > 1:
+        batch.divide(parts)
+        return None
+    outcome = deliver(
+        transport,
+        batch.lines,
+        sleep=sleep,
+        stop_event=stop_event,
+        timeout_s=timeout_s,
+    )
+    if outcome.kind == SPLIT and len(batch.lines) > 1 and outcome.kill is None:
+        batch.divide(split(batch.lines))
+        return None
+    return outcome
