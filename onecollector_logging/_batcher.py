@@ -139,6 +139,8 @@ class Pipeline:
         self._yield_mark = max(1, max_queue_records * 3 // 4)
         #: Queued records that wake the batcher before the interval is over.
         self._wake_mark = max(1, min(max_batch_records, max_queue_records // 2))
+        #: Records already queued when a put() reaches the wake mark.
+        self._wake_before = self._wake_mark - 1
         self._max_batch_records = max_batch_records
         self._max_batch_bytes = max_batch_bytes
         self._flush_interval_s = flush_interval_s
@@ -159,6 +161,11 @@ class Pipeline:
         #: Set while the sender waits between attempts: the batcher then spills.
         self.backing_off = threading.Event()
         self._threads: Optional[List[threading.Thread]] = None
+        #: Whether the threads run and close() has not stored what is left.
+        self._running = False
+        #: Set by put() when it sets _wake, cleared by the batcher with it: a
+        #: burst checks a plain attribute rather than the Event for every record.
+        self._woken = False
         self._batcher_done = False
         self._flush_requested = 0
         self._flushed = 0
@@ -196,9 +203,20 @@ class Pipeline:
     def put(self, snapshot: Any) -> None:
         """Queue *snapshot*; called from ``emit`` on any thread. Never blocks."""
         queue = self._queue
-        if len(queue) >= self._yield_mark and (
-            self._cache is not None or not self._cache_opened
-        ):
+        queued = len(queue)
+        if queued >= self._yield_mark:
+            self._put_crowded(snapshot)
+            return
+        queue.append(snapshot)
+        if not self._running:
+            self._not_running()
+        elif queued >= self._wake_before and not self._woken:
+            self._woken = True
+            self._wake.set()
+
+    def _put_crowded(self, snapshot: Any) -> None:
+        queue = self._queue
+        if self._cache is not None or not self._cache_opened:
             # The background threads are behind and can spill to disk: give
             # them the interpreter for a moment rather than drop records. No
             # lock and no I/O is waited on here.
@@ -215,12 +233,19 @@ class Pipeline:
                 )
             return
         queue.append(snapshot)
+        if not self._running:
+            self._not_running()
+        elif not self._woken:
+            self._woken = True
+            self._wake.set()
+
+    def _not_running(self) -> None:
+        # Checked after the append: a record put while close() stores what is
+        # left is either seen by it or dropped here, never left behind.
         if self._closed_out:
             self._drop_late()
         elif self._threads is None:
             self._start()
-        elif len(queue) >= self._wake_mark and not self._wake.is_set():
-            self._wake.set()
 
     def _start(self) -> None:
         with self._start_lock:
@@ -244,6 +269,7 @@ class Pipeline:
                 self._threads = []
                 return
             self._threads = threads
+            self._running = True
         self._on_start()
 
     def queued(self) -> int:
@@ -310,6 +336,7 @@ class Pipeline:
             self._hand_over()
             if self._threads and not self._hurry:
                 self._threads[0].join(_BATCHER_GRACE_S)  # the batcher
+        self._running = False
         self._closed_out = True
         self._drop_late()
         self.transport.close()
@@ -394,6 +421,7 @@ class Pipeline:
         while True:
             woken = self._wake.wait(self._flush_interval_s)
             self._wake.clear()
+            self._woken = False
             with self._cond:
                 generation = self._flush_requested
             # Woken by a full batch, only full batches go: the rest waits for

@@ -17,7 +17,7 @@ import time
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import _schema
-from ._record import OWN_KEYS, PlainRecord, Snapshot, plain_snapshot
+from ._record import OWN_KEYS, PlainRecord, Snapshot, plain_snapshot, severity_number
 from ._stats import Counters
 from ._values import JSONValue, to_json
 from .exceptions import ConfigurationError
@@ -41,15 +41,15 @@ _MIN_CUT_BYTES = 128
 #: Room for the marker a cut adds, ``…[truncated 1234567 bytes]``.
 _MARKER_ROOM = 40
 
-#: The data object of a plain record, in the order snapshot() builds it.
-_PLAIN_DATA = (
-    b'{"body":%s,"formattedMessage":%s,"severityText":%s,"severityNumber":%d,'
-    b'"logger":%s}'
-)
-#: Strings that repeat from record to record (templates, level and logger
-#: names) are kept encoded, up to this many, each up to _QUOTED_MAX_CHARS.
+#: The data object of a plain record, in the order snapshot() builds it: the
+#: body and the message, then what its logger and level give.
+_PLAIN_DATA_HEAD = b'{"body":%s,"formattedMessage":%s'
+_PLAIN_DATA_TAIL = b',"severityText":%s,"severityNumber":%d,"logger":%s}'
+#: Message templates are kept encoded, up to this many, each up to
+#: _QUOTED_MAX_CHARS; and line templates for up to this many loggers and levels.
 _MAX_QUOTED = 1024
 _QUOTED_MAX_CHARS = 512
+_MAX_PLAIN_TEMPLATES = 1024
 
 _HANDLER_SLOTS = {"os", "sdk", "dt"}
 _INT64_MAX = 2**63 - 1
@@ -276,22 +276,15 @@ class EnvelopeBuilder:
         encoded_ext = dumps_json(full_ext)
         ext_head = encoded_ext[: -len(b"1}}")]
         ikey = dumps_json(_schema.ikey_of(tenant))
+        ikey_part = b'","iKey":' + _escaped(ikey) + b',"data":'
+        ext_part = b',"ext":' + _escaped(ext_head)
         # The whole line as one %-template: (head up to the time value, whole
         # second, milliseconds, data, seq, what closes sdk and adds ext.dt).
-        self._template = b"".join(
-            (
-                b"%s%s.%03dZ",
-                b'","iKey":',
-                ikey.replace(b"%", b"%%"),
-                b',"data":%s,"ext":',
-                ext_head.replace(b"%", b"%%"),
-                b"%d%s",
-            )
-        )
-        # The same with the data object of a plain record spelled out.
-        self._plain_template = self._template.replace(
-            b'"data":%s', b'"data":' + _PLAIN_DATA
-        )
+        self._template = b"%s%s.%03dZ" + ikey_part + b"%s" + ext_part + b"%d%s"
+        self._ikey_part, self._ext_part = ikey_part, ext_part
+        #: (event name, level name, level number, logger name) -> the template
+        #: of the lines of plain records of that logger at that level.
+        self._plain_templates: Dict[Tuple[str, str, int, str], bytes] = {}
         longest = self._line(
             "N" * 100, 0.0, _INT64_MAX, b"{}", _dt_part("0" * 32, "0" * 16)
         )
@@ -325,31 +318,94 @@ class EnvelopeBuilder:
         return line
 
     def _plain_line(self, plain: PlainRecord) -> bytes:
-        """The line of a plain record: the same bytes as its Snapshot's, with
-        the data object written from a template instead of encoded from a dict."""
-        name, created, seq, body, message, level, severity, logger, trace, span = plain
-        head, text, millis, seq, tail = self._parts(name, created, seq, trace, span)
-        quoted = self._quoted
+        """The line of a plain record: the same bytes as its Snapshot's, from
+        the template of its logger and level (see :meth:`_plain_line_slow`)."""
+        name, created, seq, body, message, level, levelno, logger, trace, span = plain
         try:
-            encoded = self._quote(message)
-            line = self._plain_template % (
-                head,
-                text,
-                millis,
-                encoded if body is message else quoted.get(body) or self._keep(body),
-                encoded,
-                quoted.get(level) or self._keep(level),
-                severity,
-                quoted.get(logger) or self._keep(logger),
-                seq,
-                tail,
-            )
+            template = self._plain_templates[name, level, levelno, logger]
+            second, text = self._second
+            delta = created - second
+            if 0.0 <= delta < 1.0 and 0 <= seq <= _INT64_MAX:
+                encoded = self._quote(message)
+                line = template % (
+                    text,
+                    # as format_time: truncated, never rounded up
+                    int(delta * 1000),
+                    encoded
+                    if body is message
+                    else self._quoted.get(body) or self._keep(body),
+                    encoded,
+                    seq,
+                    b"}}}"
+                    if trace is None and span is None
+                    else _tail(_dt_part(trace, span)),
+                )
+                if len(line) <= self._max_bytes:
+                    return line
+        except (KeyError, TypeError, ValueError):
+            pass
+        return self._plain_line_slow(plain)
+
+    def _plain_line_slow(self, plain: PlainRecord) -> bytes:
+        """The line of a plain record the template path did not write: the
+        first of its logger and level (which makes their template), one of a
+        new second, one with a value to mend or one too long to send whole."""
+        name, created, seq, body, message, level, levelno, logger, trace, span = plain
+        try:
+            template = self._plain_template_for(name, level, levelno, logger)
+            if template is not None:
+                text, millis = self._time(created)
+                encoded = self._quote(message)
+                line = template % (
+                    text,
+                    millis,
+                    encoded if body is message else self._quote(body),
+                    encoded,
+                    _seq_of(seq),
+                    _tail(_dt_part(trace, span)),
+                )
+                if len(line) <= self._max_bytes:
+                    return line
         except (TypeError, ValueError):
-            # Not encodable as it is (a lone surrogate): the dict path mends it.
-            return self.serialize(plain_snapshot(plain))
-        if len(line) > self._max_bytes:
-            return self.serialize(plain_snapshot(plain))  # cut to fit there
-        return line
+            pass
+        # Not encodable as it is (a lone surrogate, a level name that is not
+        # text) or too long: the dict path mends it or cuts it to fit.
+        return self.serialize(plain_snapshot(plain))
+
+    def _plain_template_for(
+        self, name: str, level: str, levelno: int, logger: str
+    ) -> Optional[bytes]:
+        """The line template of plain records of *logger* at *level*: (second,
+        milliseconds, body, message, seq, tail). None when its parts are not
+        what a template can hold."""
+        key = (name, level, levelno, logger)
+        template = self._plain_templates.get(key)
+        if template is not None:
+            return template
+        if not (type(level) is str and type(levelno) is int and type(logger) is str):
+            return None
+        head = self._heads.get(name) or self._head_of(name)
+        data_tail = _PLAIN_DATA_TAIL % (
+            self._quote(level),
+            severity_number(levelno),
+            self._quote(logger),
+        )
+        template = b"".join(
+            (
+                _escaped(head),
+                b"%s.%03dZ",
+                self._ikey_part,
+                _PLAIN_DATA_HEAD,
+                _escaped(data_tail),
+                self._ext_part,
+                b"%d%s",
+            )
+        )
+        if name in self._heads:  # an invalid name is counted at every event
+            if len(self._plain_templates) >= _MAX_PLAIN_TEMPLATES:
+                self._plain_templates.clear()
+            self._plain_templates[key] = template
+        return template
 
     def _parts(
         self,
@@ -572,6 +628,11 @@ def _fix_text(value: JSONValue) -> JSONValue:
     if isinstance(value, dict):
         return {_fix_str(key): _fix_text(item) for key, item in value.items()}
     return value
+
+
+def _escaped(part: bytes) -> bytes:
+    """*part* as the literal text of a %-template."""
+    return part.replace(b"%", b"%%")
 
 
 def _head(name: str) -> bytes:

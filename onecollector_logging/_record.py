@@ -149,6 +149,9 @@ class RecordOptions:
         self.formatter = formatter
         self.counters = counters
         self.exception_max_chars = exception_max_chars
+        #: Whether a record without extras, exception or stack may be queued
+        #: as a :data:`PlainRecord`.
+        self.plain = redact is None and not code_location
         self._names: Dict[str, str] = {}
         self._redact_warned = False
 
@@ -220,58 +223,71 @@ class Snapshot:
 
 
 #: The common record as :func:`capture` queues it: (event name, created, seq,
-#: body, formattedMessage, severityText, severityNumber, logger, trace id,
-#: span id). A plain tuple costs the application's thread less to make than a
-#: :class:`Snapshot` and its data dict, and the worker less to read and free;
-#: the envelope builder writes the same line from either.
+#: body, formattedMessage, levelname, levelno, logger, trace id, span id), the
+#: record's own values as they are. A plain tuple costs the application's
+#: thread less to make than a :class:`Snapshot` and its data dict, and the
+#: worker less to read and free; the envelope builder writes the same line from
+#: either, checking the level and logger names once per logger and level.
 PlainRecord = Tuple[
     str, float, int, str, str, str, int, str, Optional[str], Optional[str]
 ]
 
+_LogRecord = logging.LogRecord
+_MODULES = sys.modules
+
 
 def capture(
-    record: logging.LogRecord, options: RecordOptions, seq: int
+    record: logging.LogRecord,
+    options: RecordOptions,
+    seq: int,
+    event: Optional[str] = None,
 ) -> Union[PlainRecord, Snapshot, None]:
     """What ``emit`` queues for *record*: a :data:`PlainRecord` when the record
     has a str template and nothing beyond the standard attributes (no extras,
     exception or stack) and no ``redact`` or code location is configured;
-    otherwise :func:`snapshot`'s result."""
+    otherwise :func:`snapshot`'s result.
+
+    :param event: the event name of the record's logger, when the caller has
+        looked it up already.
+    """
     msg = record.msg
-    levelno = record.levelno
-    levelname = record.levelname
-    logger_name = record.name
     attrs = record.__dict__
     if (
         type(msg) is str
-        and type(levelname) is str
-        and type(logger_name) is str
-        and type(levelno) is int
-        and 0 <= levelno <= 60
-        and options.redact is None
-        and not options.code_location
+        and options.plain
         and not (record.exc_info or record.exc_text or record.stack_info)
-        and _no_extras(attrs)
+        and (
+            (len(attrs) == _INIT_COUNT and next(reversed(attrs)) in _INIT_ATTRS)
+            or _no_extras(attrs)
+        )
     ):
+        logger_name = record.name
+        if event is None and type(logger_name) is str:
+            event = options._names.get(logger_name) or options.name_for(logger_name)
         formatter = options.formatter
         try:
-            message = (
-                record.getMessage() if formatter is None else formatter.format(record)
-            )
+            if formatter is not None:
+                message = formatter.format(record)
+            elif type(record) is _LogRecord:
+                # What getMessage() does with a str template, without the call.
+                args = record.args
+                message = msg % args if args else msg
+            else:
+                message = record.getMessage()
         except Exception:
             message = None  # snapshot() formats again and says what failed
-        if type(message) is str:
-            if _TRACING in sys.modules:
+        if type(message) is str and event is not None:
+            trace_id = span_id = None
+            if _TRACING in _MODULES:
                 trace_id, span_id = _trace_context(attrs)
-            else:
-                trace_id = span_id = None
             return (
-                options._names.get(logger_name) or options.name_for(logger_name),
+                event,
                 record.created,
                 seq,
                 msg,
                 message,
-                levelname,
-                _SEVERITY[levelno],
+                record.levelname,
+                record.levelno,
                 logger_name,
                 trace_id,
                 span_id,
@@ -281,13 +297,13 @@ def capture(
 
 def plain_snapshot(plain: PlainRecord) -> Snapshot:
     """The :class:`Snapshot` that *plain* stands for."""
-    name, created, seq, body, message, level, severity, logger, trace, span = plain
+    name, created, seq, body, message, level, levelno, logger, trace, span = plain
     data: Dict[str, JSONValue] = {
         "body": body,
         "formattedMessage": message,
-        "severityText": level,
-        "severityNumber": severity,
-        "logger": logger,
+        "severityText": level if type(level) is str else safe_str(level),
+        "severityNumber": _severity_of(levelno),
+        "logger": logger if type(logger) is str else safe_str(logger),
     }
     return Snapshot(name, created, seq, data, trace, span)
 
@@ -323,9 +339,7 @@ def snapshot(
         "body": body,
         "formattedMessage": message if type(message) is str else safe_str(message),
         "severityText": levelname if type(levelname) is str else safe_str(levelname),
-        "severityNumber": _SEVERITY[levelno]
-        if type(levelno) is int and 0 <= levelno <= 60
-        else _severity_slow(levelno),
+        "severityNumber": _severity_of(levelno),
         "logger": logger_name,
     }
     if options.code_location:
@@ -368,7 +382,9 @@ def _format_failed(body: str, error: Exception) -> str:
     return f"{body} <formatting failed: {type(error).__name__}: {safe_str(error)}>"
 
 
-def _severity_slow(levelno: object) -> int:
+def _severity_of(levelno: object) -> int:
+    if type(levelno) is int and 0 <= levelno <= 60:
+        return _SEVERITY[levelno]
     try:
         return severity_number(int(levelno))  # type: ignore[call-overload]
     except Exception:

@@ -200,6 +200,9 @@ class OneCollectorHandler(logging.Handler):
             redact=_config.callable_option("redact", redact),
             counters=self.counters,
         )
+        #: Logger name -> event name, filled as the records come; the package's
+        #: own loggers are never in it.
+        self._event_names = self._record_options._names
         self._settings = _Settings(
             key=key,
             extensions=extensions,
@@ -314,15 +317,19 @@ class OneCollectorHandler(logging.Handler):
         if pipeline is None:
             return
         try:
-            name = record.name
-            if own_activity.active or (
-                type(name) is str and name.startswith(_OWN_LOGGERS)
-            ):
+            if own_activity.active:
                 return
+            name = record.name
+            try:
+                event: Optional[str] = self._event_names[name]
+            except (KeyError, TypeError):  # a new logger, or a name that is not text
+                if type(name) is str and name.startswith(_OWN_LOGGERS):
+                    return
+                event = None
             if self._closed:
                 self._emit_after_close()
                 return
-            item = capture(record, self._record_options, next(self._seq))
+            item = capture(record, self._record_options, next(self._seq), event)
             if item is not None:
                 pipeline.put(item)
         except Exception:
