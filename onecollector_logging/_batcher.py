@@ -62,6 +62,9 @@ _WAIT_SLICE_S = 0.2
 #: How long the batcher waits for the sender before looking at the queue again;
 #: a burst fills the queue by a few hundred records in that time.
 _HANDOFF_WAIT_S = 0.005
+#: A request that has taken this long is slow, not just waiting for the
+#: interpreter during a burst: the batcher then spills instead of waiting.
+_SLOW_S = 0.25
 #: How long a close that took over the pipeline's batches still waits for the
 #: batcher, which may have taken records from the queue that no one else can
 #: see: it writes them to the disk cache itself, in a moment.
@@ -137,6 +140,9 @@ class Pipeline:
         self._counters = counters
         self._max_queue = max_queue_records
         self._yield_mark = max(1, max_queue_records * 3 // 4)
+        #: Queued records beyond which the batcher spills what the sender
+        #: cannot take, however fast the sender is going.
+        self._spill_mark = max(self._yield_mark, max_queue_records * 9 // 10)
         #: Queued records that wake the batcher before the interval is over.
         self._wake_mark = max(1, min(max_batch_records, max_queue_records // 2))
         #: Records already queued when a put() reaches the wake mark.
@@ -514,11 +520,17 @@ class Pipeline:
         # the batch waits for the sender and the queue absorbs the burst.
         if not self._cache_ready():
             return self._closing.is_set() and self._giving_up
+        # A sender that is merely behind (a burst keeps it from the
+        # interpreter) catches up within a few requests: writing batches to
+        # disk then would cost more than sending them. One stuck in a slow
+        # request, or a queue about to overflow, is another matter.
+        busy_since = self.transport.busy_since
         return (
             self.backing_off.is_set()
             or self._giving_up
             or self._closing.is_set()
-            or len(self._queue) > self._yield_mark
+            or len(self._queue) > self._spill_mark
+            or (busy_since is not None and real_monotonic() - busy_since > _SLOW_S)
         )
 
     def _spill(self, batch: List[bytes]) -> None:

@@ -175,6 +175,8 @@ class Transport:
         self._counters = counters
         self._session: Optional[requests.Session] = None
         self._template: Optional[requests.PreparedRequest] = None
+        #: When the request in progress started (real monotonic), or None.
+        self.busy_since: Optional[float] = None
 
     def close(self) -> None:
         self._template = None
@@ -197,6 +199,7 @@ class Transport:
         if self._session is None:
             self._session = self._new_session()
         session = self._session
+        self.busy_since = real_monotonic()
         try:
             body = compress_lines(lines, self._compression)
             request = self._prepare(session, body, headers)
@@ -217,6 +220,8 @@ class Transport:
             detail = self._mask(str(exc))
             log.debug("request to %s failed: %s", self.endpoint, detail)
             return Outcome(TRANSIENT, connection_error=True, detail=detail)
+        finally:
+            self.busy_since = None
         return self._read(response.status_code, response.headers, answer, len(lines))
 
     def _prepare(

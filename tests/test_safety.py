@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import pytest
-from support import KEY, OTHER_KEY, TENANT, isolated_logger, messages
+from support import KEY, OTHER_KEY, TENANT, isolated_logger, messages, wait_until
 
 from onecollector_logging import OneCollectorHandler
 from onecollector_logging._cache import DiskCache
@@ -350,6 +350,44 @@ def test_a_tiny_queue_with_a_stalled_collector_spills_and_accounts_for_all(
     assert _total(stats) == 10_000
     assert stats["cached"] > 0
     assert _cached_records(tmp_path / "cache") == stats["cached"]
+
+
+def test_a_request_that_hangs_sends_the_next_batches_to_disk_at_once(
+    onecollector: LocalCollector, make_handler: Make
+) -> None:
+    onecollector.script_always(Answer(hang=True))
+    handler = make_handler(
+        max_batch_records=10, flush_interval_s=0.05, shutdown_timeout=1.0
+    )
+    logger = isolated_logger("app.hang", handler)
+
+    for i in range(100):
+        logger.info("n%d", i)
+
+    # One batch in the request, two waiting for the sender; the rest is
+    # spilled although the queue is far from full.
+    assert wait_until(lambda: handler.stats().get("cached", 0) == 70, timeout=5)
+    assert onecollector.wait_for_requests(1) and len(onecollector.requests) == 1
+
+
+def test_a_sender_behind_a_burst_is_waited_for_rather_than_spilled_to_disk(
+    onecollector: LocalCollector, make_handler: Make
+) -> None:
+    # The first answer keeps the sender away until the burst is over and the
+    # queue holds more than three quarters of its bound.
+    onecollector.script(Answer(delay_s=0.1))
+    handler = make_handler(
+        max_queue_records=2000, max_batch_records=10, flush_interval_s=0.05
+    )
+    logger = isolated_logger("app.burst", handler)
+
+    for i in range(1750):
+        logger.info("n%d", i)
+    assert handler.flush_within(20)
+
+    stats = handler.stats()
+    assert stats["accepted"] == 1750
+    assert "cached" not in stats and "dropped" not in stats
 
 
 def test_records_left_at_close_are_stored_in_request_sized_batches(
