@@ -457,19 +457,22 @@ class Pipeline:
         created = first[1] if type(first) is tuple else getattr(first, "created", 0.0)
         lines = Lines(created=created)
         append, popleft, serialize = lines.append, queue.popleft, self._serialize
-        limit, room = self._max_batch_records, self._max_batch_bytes
+        room = self._max_batch_bytes
         size = 0
-        while queue and len(lines) < limit:
+        for _ in range(min(len(queue), self._max_batch_records)):
             try:
-                line = serialize(queue[0])
+                snapshot = popleft()
+            except IndexError:
+                break  # a close took the rest
+            try:
+                line = serialize(snapshot)
             except Exception:
-                popleft()
                 self._unserializable()
                 continue
             size += len(line) + 1
             if size > room and lines:
+                queue.appendleft(snapshot)  # the first of the next batch
                 break
-            popleft()
             append(line)
         return lines
 

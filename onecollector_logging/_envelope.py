@@ -14,6 +14,7 @@ import logging
 import math
 import platform
 import time
+from json.encoder import encode_basestring
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import _schema
@@ -25,6 +26,7 @@ from .exceptions import ConfigurationError
 log = logging.getLogger(__name__)
 
 Dumps = Callable[[object], bytes]
+Quote = Callable[[str], bytes]
 
 #: Name given to a snapshot whose name is not valid (snapshot() prevents it).
 FALLBACK_EVENT_NAME = "Python.Log"
@@ -62,6 +64,12 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 def dumps_json(value: object) -> bytes:
     """Compact UTF-8 JSON, as the collector takes it; raises on NaN and Infinity."""
     return _ENCODER.encode(value).encode("utf-8")
+
+
+def _quote_json(text: str) -> bytes:
+    """*text* as a JSON string, as :func:`dumps_json` writes it (the function
+    its encoder calls for a str, without the encoder's own dispatch)."""
+    return encode_basestring(text).encode("utf-8")
 
 
 _HEAD = b'{"ver":' + dumps_json(_schema.SCHEMA_VERSION) + b',"name":"'
@@ -303,24 +311,11 @@ class EnvelopeBuilder:
         the start of everything else); if that is not enough, only the keys the
         handler fills are kept, plus ``droppedKeys``.
         """
-        if isinstance(snap, tuple):
-            return self._plain_line(snap)
-        data = self._encode(snap.data)
-        head, text, millis, seq, tail = self._parts(
-            snap.name, snap.created, snap.seq, snap.trace_id, snap.span_id
-        )
-        line = self._template % (head, text, millis, data, seq, tail)
-        if len(line) > self._max_bytes:
-            data = self._shrink(snap.data, self._max_bytes - (len(line) - len(data)))
-            line = self._template % (head, text, millis, data, seq, tail)
-            if self._counters is not None:
-                self._counters.add("shrunk")
-        return line
-
-    def _plain_line(self, plain: PlainRecord) -> bytes:
-        """The line of a plain record: the same bytes as its Snapshot's, from
-        the template of its logger and level (see :meth:`_plain_line_slow`)."""
-        name, created, seq, body, message, level, levelno, logger, trace, span = plain
+        if not isinstance(snap, tuple):
+            return self._snapshot_line(snap)
+        # A plain record, the common kind: written from the template of its
+        # logger and level within this one call (see _plain_line for the rest).
+        name, created, seq, body, message, level, levelno, logger, trace, span = snap
         try:
             template = self._plain_templates[name, level, levelno, logger]
             second, text = self._second
@@ -344,10 +339,23 @@ class EnvelopeBuilder:
                     return line
         except (KeyError, TypeError, ValueError):
             pass
-        return self._plain_line_slow(plain)
+        return self._plain_line(snap)
 
-    def _plain_line_slow(self, plain: PlainRecord) -> bytes:
-        """The line of a plain record the template path did not write: the
+    def _snapshot_line(self, snap: Snapshot) -> bytes:
+        data = self._encode(snap.data)
+        head, text, millis, seq, tail = self._parts(
+            snap.name, snap.created, snap.seq, snap.trace_id, snap.span_id
+        )
+        line = self._template % (head, text, millis, data, seq, tail)
+        if len(line) > self._max_bytes:
+            data = self._shrink(snap.data, self._max_bytes - (len(line) - len(data)))
+            line = self._template % (head, text, millis, data, seq, tail)
+            if self._counters is not None:
+                self._counters.add("shrunk")
+        return line
+
+    def _plain_line(self, plain: PlainRecord) -> bytes:
+        """The line of a plain record that :meth:`serialize` did not write: the
         first of its logger and level (which makes their template), one of a
         new second, one with a value to mend or one too long to send whole."""
         name, created, seq, body, message, level, levelno, logger, trace, span = plain
@@ -726,13 +734,13 @@ _ORJSON_SAFE = frozenset({str, int, bool, type(None)})
 
 
 @functools.cache
-def _default_quote() -> Dumps:
+def _default_quote() -> Quote:
     """The encoder of a lone str: orjson's when _default_dumps() uses it."""
     if _default_dumps() is dumps_json:
-        return dumps_json
+        return _quote_json
     import orjson  # noqa: PLC0415 (optional dependency, known to be there)
 
-    quote: Dumps = orjson.dumps
+    quote: Quote = orjson.dumps
     return quote
 
 
