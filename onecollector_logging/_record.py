@@ -256,10 +256,7 @@ def capture(
         type(msg) is str
         and options.plain
         and not (record.exc_info or record.exc_text or record.stack_info)
-        and (
-            (len(attrs) == _INIT_COUNT and next(reversed(attrs)) in _INIT_ATTRS)
-            or _no_extras(attrs)
-        )
+        and _no_extras(attrs)
     ):
         logger_name = record.name
         if event is None and type(logger_name) is str:

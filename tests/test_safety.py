@@ -364,9 +364,9 @@ def test_a_request_that_hangs_sends_the_next_batches_to_disk_at_once(
     for i in range(100):
         logger.info("n%d", i)
 
-    # One batch in the request, two waiting for the sender; the rest is
-    # spilled although the queue is far from full.
-    assert wait_until(lambda: handler.stats().get("cached", 0) == 70, timeout=5)
+    # At most one batch in the request and two waiting for the sender; the
+    # rest is spilled although the queue is far from full.
+    assert wait_until(lambda: handler.stats().get("cached", 0) >= 70, timeout=5)
     assert onecollector.wait_for_requests(1) and len(onecollector.requests) == 1
 
 
