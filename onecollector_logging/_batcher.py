@@ -52,6 +52,15 @@ class _OwnActivity(threading.local):
 
 own_activity = _OwnActivity()
 
+#: The package's own loggers (its modules' ``logging.getLogger(__name__)``).
+_PACKAGE = __name__.partition(".")[0]
+
+
+def is_own_logger(name: str) -> bool:
+    """Whether records of the logger *name* are the package's own diagnostics,
+    which the handler never sends: sending them would feed it with itself."""
+    return name == _PACKAGE or name.startswith(_PACKAGE + ".")
+
 
 #: The sender never holds more than this many batches ahead of the network;
 #: everything else waits in the queue or goes to disk.
@@ -624,6 +633,8 @@ class Pipeline:
 
     def _send(self, lines: List[bytes]) -> None:
         """Deliver a batch the sender owns, and settle what became of it."""
+        if self._handed_over:
+            return  # a close stored it (the second half of a split, say)
         if self._giving_up:
             outcome = Outcome(TRANSIENT, deferred=True)
         else:

@@ -232,7 +232,6 @@ PlainRecord = Tuple[
     str, float, int, str, str, str, int, str, Optional[str], Optional[str]
 ]
 
-_LogRecord = logging.LogRecord
 _MODULES = sys.modules
 
 
@@ -263,14 +262,9 @@ def capture(
             event = options._names.get(logger_name) or options.name_for(logger_name)
         formatter = options.formatter
         try:
-            if formatter is not None:
-                message = formatter.format(record)
-            elif type(record) is _LogRecord:
-                # What getMessage() does with a str template, without the call.
-                args = record.args
-                message = msg % args if args else msg
-            else:
-                message = record.getMessage()
+            message = (
+                record.getMessage() if formatter is None else formatter.format(record)
+            )
         except Exception:
             message = None  # snapshot() formats again and says what failed
         if type(message) is str and event is not None:

@@ -14,7 +14,7 @@ import weakref
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 from . import _cache, _config, _schema
-from ._batcher import Pipeline, own_activity
+from ._batcher import Pipeline, is_own_logger, own_activity
 from ._directives import KillWindow, RetryGate, real_monotonic
 from ._envelope import EnvelopeBuilder, os_identity, static_ext
 from ._record import RecordOptions, Snapshot, capture, redact_data
@@ -23,10 +23,6 @@ from ._transport import COMPRESSIONS, DEFAULT_MAX_ATTEMPTS, SDK_VERSION, Transpo
 from .exceptions import ConfigurationError
 
 log = logging.getLogger(__name__)
-
-#: Records of these loggers are the handler's own activity; sending them would
-#: feed the handler with itself.
-_OWN_LOGGERS = ("onecollector_logging.",)
 
 #: Enough for a burst of a few seconds at full speed while the sender catches up,
 #: small enough to keep memory in the tens of MiB; beyond it records go to disk.
@@ -323,7 +319,7 @@ class OneCollectorHandler(logging.Handler):
             try:
                 event: Optional[str] = self._event_names[name]
             except (KeyError, TypeError):  # a new logger, or a name that is not text
-                if type(name) is str and name.startswith(_OWN_LOGGERS):
+                if type(name) is str and is_own_logger(name):
                     return
                 event = None
             if self._closed:

@@ -39,6 +39,7 @@ except ImportError as exc:
     ) from exc
 
 from . import _config, _schema
+from ._batcher import is_own_logger
 from ._directives import real_monotonic
 from ._record import (
     EXTRA_PREFIX,
@@ -86,7 +87,6 @@ _UNKNOWN_SERVICE = "unknown_service"
 _MAX_ROUTES = 8
 _MAX_CACHED_RESOURCES = 64
 
-_OWN_LOGGERS = ("onecollector_logging",)
 _EVENT_NAME_ATTRIBUTES = ("event.name", "event_name")
 _EXCEPTION_KEYS = {
     "exception.type": "exceptionType",
@@ -295,7 +295,7 @@ class OneCollectorLogExporter(_ExporterBase):
         logger_name = getattr(scope, "name", None) or ""
         if not isinstance(logger_name, str):
             logger_name = safe_str(logger_name)
-        if logger_name.startswith(_OWN_LOGGERS):
+        if is_own_logger(logger_name):
             return
         route, resource_data = self._route_for(resource)
         handler = route.handler

@@ -126,6 +126,19 @@ def test_a_formatter_gives_the_plain_form_its_formatted_message(
     assert message == "INFO user bob did 3 things"
 
 
+def test_the_plain_form_takes_its_message_from_get_message(
+    counters: Counters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process-wide scrubber replaces LogRecord.getMessage: what is sent is
+    # what every other handler of the process writes.
+    monkeypatch.setattr(logging.LogRecord, "getMessage", lambda self: "scrubbed")
+
+    plain = capture(make_record(), options(counters), 1)
+
+    assert isinstance(plain, tuple)
+    assert plain_snapshot(plain).data["formattedMessage"] == "scrubbed"
+
+
 @pytest.mark.parametrize("case", ["formatted", "formatted_extra", "moved_extra"])
 def test_what_a_formatter_leaves_on_a_record_is_not_an_extra(
     counters: Counters, case: str

@@ -304,6 +304,19 @@ def test_exit_with_several_handlers_on_a_silent_collector_waits_one_timeout(
     assert _cached_records(tmp_path) == handlers * records
 
 
+def test_only_the_package_logger_and_those_below_it_count_as_its_own(
+    onecollector: LocalCollector, make: Make
+) -> None:
+    handler = make()
+    names = ["onecollector_logging", "onecollector_logging.x", "onecollector_loggingX"]
+
+    for name in names:
+        isolated_logger(name, handler).warning("from %s", name)
+    assert handler.flush_within(10)
+
+    assert messages(onecollector.events) == ["from onecollector_loggingX"]
+
+
 def test_own_and_library_records_never_reach_the_collector(
     onecollector: LocalCollector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -388,6 +401,24 @@ def test_a_sender_behind_a_burst_is_waited_for_rather_than_spilled_to_disk(
     stats = handler.stats()
     assert stats["accepted"] == 1750
     assert "cached" not in stats and "dropped" not in stats
+
+
+def test_a_close_that_stores_a_split_batch_sends_neither_half_after_it(
+    onecollector: LocalCollector, make_handler: Make, tmp_path: Path
+) -> None:
+    onecollector.script(Answer(status=413), Answer(delay_s=1.0))
+    handler = make_handler(shutdown_timeout=0.3, flush_interval_s=0.05)
+    logger = isolated_logger("app.split", handler)
+    for i in range(10):
+        logger.info("n%d", i)
+    assert onecollector.wait_for_requests(2)
+
+    handler.close()
+
+    assert handler.stats()["cached"] == 10
+    assert _cached_records(tmp_path / "cache") == 10
+    # The first half's answer comes; the second half is not sent after it.
+    assert not onecollector.wait_for_requests(3, timeout=1.5)
 
 
 def test_records_left_at_close_are_stored_in_request_sized_batches(
