@@ -100,6 +100,14 @@ class Lines(List[bytes]):
         self.created = created
 
 
+class _Written(bytes):
+    """The line of a record that did not fit the batch it was written for, put
+    back at the head of the queue: the next batch starts with it as it is,
+    rather than writing (and counting) the record again."""
+
+    created = 0.0
+
+
 def _created(lines: Sequence[bytes]) -> Optional[float]:
     created = getattr(lines, "created", 0.0)
     return created or None
@@ -474,18 +482,26 @@ class Pipeline:
             except IndexError:
                 break  # a close took the rest
             try:
-                line = serialize(snapshot)
+                line = snapshot if type(snapshot) is _Written else serialize(snapshot)
             except Exception:
                 self._unserializable()
                 continue
             size += len(line) + 1
             if size > room and lines:
-                queue.appendleft(snapshot)  # the first of the next batch
+                written = _Written(line)
+                written.created = (
+                    snapshot[1]
+                    if type(snapshot) is tuple
+                    else getattr(snapshot, "created", 0.0)
+                )
+                queue.appendleft(written)  # the first of the next batch
                 break
             append(line)
         return lines
 
     def _serialize_one(self, snapshot: Any) -> Optional[bytes]:
+        if type(snapshot) is _Written:
+            return snapshot
         try:
             return self._serialize(snapshot)
         except Exception:

@@ -240,6 +240,23 @@ def test_too_large_batches_are_halved_and_a_lone_event_dropped(
     assert len(onecollector.events) == 100
 
 
+def test_a_record_that_opens_the_next_request_is_written_once(
+    onecollector: LocalCollector, make: Make
+) -> None:
+    # Each event is cut to the event bound: three fill a request, the fourth
+    # is written for the first batch and sent in the second.
+    handler = make(flush_interval_s=30)
+    logger = isolated_logger("app.large", handler)
+    for i in range(4):
+        logger.info("large %d", i, extra={"blob": "x" * 1_500_000})
+
+    assert handler.flush_within(60)
+
+    assert [len(r.events) for r in onecollector.requests] == [3, 1]
+    assert handler.stats()["shrunk"] == 4
+    assert [e["data"]["body"] for e in onecollector.events] == ["large %d"] * 4
+
+
 def test_request_sized_parts_keep_the_order_within_both_limits() -> None:
     lines = [b"x" * size for size in (5, 5, 5, 20, 5, 5, 5)]
 
