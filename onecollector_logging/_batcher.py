@@ -19,7 +19,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Deque, List, Optional, Sequence, Union
+from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple, Union
 
 from . import _schema
 from ._directives import real_monotonic
@@ -113,6 +113,21 @@ def _created(lines: Sequence[bytes]) -> Optional[float]:
     return created or None
 
 
+#: A batch a close has taken over but not stored yet.
+_NOT_YET: Any = object()
+
+
+def _pop_for(
+    pairs: List[Tuple[List[bytes], Any]], lines: Sequence[bytes], missing: Any = None
+) -> Any:
+    """Remove the pair of the batch *lines* (by identity) and return its value."""
+    for index, (batch, value) in enumerate(pairs):
+        if batch is lines:
+            del pairs[index]
+            return value
+    return missing
+
+
 class _FlushMarker:
     __slots__ = ("generation",)
 
@@ -195,6 +210,10 @@ class Pipeline:
         #: Batches the sender has taken and not yet settled: what close()
         #: stores when the sender is stuck in a request.
         self._owned: List[List[bytes]] = []
+        #: Those batches once close() has stored them, with what it did (see
+        #: _take_back), and the outcomes of requests that ended first.
+        self._stored_in_flight: List[Tuple[List[bytes], Optional[str]]] = []
+        self._late_outcomes: List[Tuple[List[bytes], Outcome]] = []
         #: The batch the batcher holds while it waits for the sender, and its
         #: number of records.
         self._in_hand: Optional[List[bytes]] = None
@@ -396,9 +415,11 @@ class Pipeline:
     def _store_leftovers(self) -> None:
         with self._cond:
             self._handed_over = True
-            batches: List[Sequence[bytes]] = list(self._owned)
+            in_flight = list(self._owned)
             self._owned.clear()
-            batches.extend(b for b in self._ready if isinstance(b, list))
+            batches: List[Sequence[bytes]] = [
+                b for b in self._ready if isinstance(b, list)
+            ]
             batches.extend(self._held)
             if self._in_hand is not None:
                 batches.append(self._in_hand)
@@ -413,8 +434,38 @@ class Pipeline:
                 self._serialize_all(), self._max_batch_records, self._max_batch_bytes
             )
         )
+        for lines in in_flight:
+            name = self._store(lines, reason="shutdown")
+            with self._cond:
+                outcome = _pop_for(self._late_outcomes, lines)
+                if outcome is None:
+                    self._stored_in_flight.append((lines, name))
+            if outcome is not None:
+                self._take_back(lines, name, outcome)
         for batch in batches:
             self._store(batch, reason="shutdown")
+
+    def _take_back(
+        self, lines: Sequence[bytes], name: Optional[str], outcome: Outcome
+    ) -> None:
+        """*lines* were stored by a close while their request went on, as the
+        batch *name* of the disk cache: if the collector accepted them after
+        all, the stored copy is withdrawn, so that they are neither sent again
+        nor counted as lost."""
+        if outcome.kind != ACCEPTED:
+            return
+        if self._cache is None:  # counted as lost, there being no cache
+            self._counters.add("dropped.shutdown", -len(lines))
+        elif name is not None and self._cache.withdraw(name):
+            self._counters.add("cached", -len(lines))
+        else:
+            return  # refused by the cache, or claimed by another process since
+        self._settle(lines, outcome)
+        log.debug(
+            "%s: %d record(s) stored at close were accepted after all",
+            self._name,
+            len(lines),
+        )
 
     def _serialize_all(self) -> List[bytes]:
         lines: List[bytes] = []
@@ -664,15 +715,26 @@ class Pipeline:
                 on_retry=self._on_retry,
             )
         halves: List[List[bytes]] = []
+        stored = _NOT_YET
         with self._cond:
-            if self._handed_over:
-                return
-            self._owned = [b for b in self._owned if b is not lines]
-            if outcome.kind == SPLIT and len(lines) > 1 and outcome.kill is None:
-                # Owned before they are sent, so close() never loses a half.
-                created = getattr(lines, "created", 0.0)
-                halves = [Lines(half, created) for half in split(lines)]
-                self._owned.extend(halves)
+            handed_over = self._handed_over
+            if handed_over:
+                # A close took the batch over while it was being sent: of the
+                # request and the close, the one that ends second settles it.
+                stored = _pop_for(self._stored_in_flight, lines, _NOT_YET)
+                if stored is _NOT_YET:
+                    self._late_outcomes.append((lines, outcome))
+            else:
+                self._owned = [b for b in self._owned if b is not lines]
+                if outcome.kind == SPLIT and len(lines) > 1 and outcome.kill is None:
+                    # Owned before they are sent, so close() never loses a half.
+                    created = getattr(lines, "created", 0.0)
+                    halves = [Lines(half, created) for half in split(lines)]
+                    self._owned.extend(halves)
+        if handed_over:
+            if stored is not _NOT_YET:
+                self._take_back(lines, stored, outcome)
+            return
         for half in halves:
             self._send(half)
         if not halves:
@@ -845,23 +907,30 @@ class Pipeline:
             log.warning("%s: disk cache unavailable", self._name, exc_info=True)
             return None
 
-    def _store(self, lines: Sequence[bytes], *, reason: str) -> None:
+    def _store(self, lines: Sequence[bytes], *, reason: str) -> Optional[str]:
+        """Write *lines* to the disk cache, or count them lost without one.
+
+        :returns: the cache's name of the batch; None when they are not in the
+            cache (refused, and counted, by it; or counted here).
+        """
         if not lines:
-            return
+            return None
         if self._cache_ready():
-            # A refused put was already counted by the cache, with its reason.
-            if self._cache.put(lines, created=_created(lines)):
-                self._counters.add("cached", len(lines))
-                self._cache_may_hold = True
-                self._next_drain_at = min(
-                    self._next_drain_at, real_monotonic() + _FAILED_DRAIN_PAUSE_S
-                )
-            return
+            name: Optional[str] = self._cache.put_batch(lines, created=_created(lines))
+            if name is None:
+                return None
+            self._counters.add("cached", len(lines))
+            self._cache_may_hold = True
+            self._next_drain_at = min(
+                self._next_drain_at, real_monotonic() + _FAILED_DRAIN_PAUSE_S
+            )
+            return name
         dropped = "shutdown" if reason == "shutdown" else "no_cache"
         self._counters.add(f"dropped.{dropped}", len(lines))
         self._report_loss(
             "they could not be sent and there is no disk cache", len(lines)
         )
+        return None
 
     def _report_loss(self, why: str, count: int) -> None:
         if self._loss_streak:

@@ -263,7 +263,21 @@ class DiskCache:
         created: Optional[float] = None,
         evict: bool = True,
     ) -> bool:
-        """Store *lines* as one batch; return whether it was written.
+        """Store *lines* as one batch; return whether it was written (see
+        :meth:`put_batch`). Nothing is written for no lines."""
+        if not lines:
+            return True
+        return self.put_batch(lines, created=created, evict=evict) is not None
+
+    def put_batch(
+        self,
+        lines: Sequence[bytes],
+        *,
+        created: Optional[float] = None,
+        evict: bool = True,
+    ) -> Optional[str]:
+        """Store *lines* as one batch; return its name for :meth:`withdraw`, or
+        None when it was not written.
 
         Room is made by evicting the oldest batches (counted
         ``dropped.cache_full``); a batch larger than ``max_bytes`` is refused
@@ -278,14 +292,14 @@ class DiskCache:
         """
         count = len(lines)
         if not count:
-            return True
+            return None
         created_s = _created(created)
         created_ns = int(created_s * _NS)
         try:
             blob = _encode(lines, created_s)
         except (TypeError, ValueError) as exc:
             self._lose("write", "dropped.cache_error", count, "cannot encode: %s", exc)
-            return False
+            return None
         if len(blob) > self.max_bytes:
             self._lose(
                 "full",
@@ -295,11 +309,13 @@ class DiskCache:
                 len(blob),
                 self.max_bytes,
             )
-            return False
+            return None
         with self._writing:
             return self._store(blob, created_ns, count, evict)
 
-    def _store(self, blob: bytes, created_ns: int, count: int, evict: bool) -> bool:
+    def _store(
+        self, blob: bytes, created_ns: int, count: int, evict: bool
+    ) -> Optional[str]:
         if evict and not self._make_room(len(blob), created_ns):
             self._lose(
                 "full",
@@ -308,20 +324,37 @@ class DiskCache:
                 "full at max_bytes %d, and this batch is older than all it holds",
                 self.max_bytes,
             )
-            return False
-        batch_id = (
+            return None
+        name = (
             f"{created_ns:020d}-{os.getpid()}-{next(_sequence):08d}"
-            f"-{secrets.token_hex(4)}-{count}"
+            f"-{secrets.token_hex(4)}-{count}.batch"
         )
         try:
-            self._write_new(batch_id + ".batch", blob)
+            self._write_new(name, blob)
         except OSError as exc:
             self._lose("write", "dropped.cache_error", count, "cannot write: %s", exc)
-            return False
+            return None
         with self._state:
             self._failing.discard("write")
             self._estimate += len(blob)
             self._puts_since_scan += 1
+        return name
+
+    def withdraw(self, name: str) -> bool:
+        """Delete the batch *name* that :meth:`put_batch` stored, unless a
+        process has claimed it since; return whether it was deleted.
+
+        For a batch that turned out to be delivered after all: its records are
+        then not sent a second time from here.
+        """
+        path = os.path.join(self.path, name)
+        try:
+            size = os.stat(path).st_size
+            # A claim renames the file first: then this finds nothing.
+            os.unlink(path)
+        except OSError:
+            return False
+        self._forget(size)
         return True
 
     def claim(self) -> Optional[Claim]:

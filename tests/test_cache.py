@@ -132,6 +132,29 @@ def test_put_of_no_lines_writes_nothing(cache: DiskCache) -> None:
     assert cache.claim() is None
 
 
+def test_a_batch_withdrawn_before_any_claim_is_gone(cache: DiskCache) -> None:
+    name = cache.put_batch(_lines("a", 2))
+    cache.put(_lines("b", 1))
+
+    assert name is not None and cache.withdraw(name)
+
+    claim = cache.claim()
+    assert claim is not None and claim.lines == _lines("b", 1)
+    claim.done()
+    assert cache.claim() is None and cache.stats()["records"] == 0
+
+
+def test_a_claimed_batch_cannot_be_withdrawn(cache: DiskCache) -> None:
+    name = cache.put_batch(_lines("a", 2))
+    claim = cache.claim()
+
+    assert name is not None and claim is not None
+    assert not cache.withdraw(name)
+    assert claim.lines == _lines("a", 2)
+    claim.done()
+    assert sorted(os.listdir(cache.path)) == [".lock"]
+
+
 def test_claims_come_oldest_first_by_creation_time(cache: DiskCache) -> None:
     now = time.time()
     for tag, age_s in (("c", 10.0), ("a", 30.0), ("b", 20.0)):

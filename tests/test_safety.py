@@ -106,6 +106,31 @@ def test_flush_then_close_with_a_silent_collector_stores_every_batch(
     assert _cached_records(tmp_path / "cache") == 600
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_batch_stored_at_close_and_then_accepted_is_taken_back(
+    onecollector: LocalCollector, make_handler: Make, tmp_path: Path, cache: bool
+) -> None:
+    # The request outlives close(), which stores its batch (or, without a
+    # cache, counts it lost); then the collector accepts it after all.
+    onecollector.script(Answer(delay_s=0.8))
+    handler = make_handler(cache=cache, shutdown_timeout=0.2, flush_interval_s=0.05)
+    logger = isolated_logger("app.late", handler)
+    for i in range(50):
+        logger.info("n%d", i)
+    assert onecollector.wait_for_requests(1)
+
+    handler.close()
+    stored = handler.stats()
+    assert wait_until(lambda: handler.stats().get("accepted") == 50)
+
+    assert stored.get("cached", 0) + stored.get("dropped", {}).get("shutdown", 0) == 50
+    stats = handler.stats()
+    assert stats.get("cached", 0) == 0 and not any(stats.get("dropped", {}).values())
+    assert len(onecollector.events) == 50
+    if cache:
+        assert _cached_records(tmp_path / "cache") == 0
+
+
 def test_dict_config_replacing_the_handler_during_a_send_is_bounded(
     onecollector: LocalCollector, tmp_path: Path
 ) -> None:
