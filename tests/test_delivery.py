@@ -257,6 +257,23 @@ def test_a_record_that_opens_the_next_request_is_written_once(
     assert [e["data"]["body"] for e in onecollector.events] == ["large %d"] * 4
 
 
+def test_a_cookie_the_collector_sets_is_never_sent_back(
+    onecollector: LocalCollector, make: Make
+) -> None:
+    onecollector.script(Answer(headers={"Set-Cookie": "visitor=42; Path=/"}))
+    handler = make()
+    logger = isolated_logger("app.cookie", handler)
+
+    logger.info("first")
+    assert handler.flush_within(10)
+    logger.info("second")
+    assert handler.flush_within(10)
+
+    assert len(onecollector.requests) == 2
+    assert [r.headers.get("Cookie") for r in onecollector.requests] == [None, None]
+    assert handler.stats()["accepted"] == 2
+
+
 def test_request_sized_parts_keep_the_order_within_both_limits() -> None:
     lines = [b"x" * size for size in (5, 5, 5, 20, 5, 5, 5)]
 
