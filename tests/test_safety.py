@@ -334,10 +334,19 @@ def test_only_the_package_logger_and_those_below_it_count_as_its_own(
 ) -> None:
     handler = make()
     names = ["onecollector_logging", "onecollector_logging.x", "onecollector_loggingX"]
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(logger.handlers[:], logger.propagate, logger.level) for logger in loggers]
 
-    for name in names:
-        isolated_logger(name, handler).warning("from %s", name)
-    assert handler.flush_within(10)
+    try:
+        for name in names:
+            isolated_logger(name, handler).warning("from %s", name)
+        assert handler.flush_within(10)
+    finally:
+        # The package's loggers must reach the root again, for other tests.
+        for logger, (handlers, propagate, level) in zip(loggers, saved):
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+            logger.setLevel(level)
 
     assert messages(onecollector.events) == ["from onecollector_loggingX"]
 
