@@ -131,6 +131,38 @@ def test_a_batch_stored_at_close_and_then_accepted_is_taken_back(
         assert _cached_records(tmp_path / "cache") == 0
 
 
+def test_a_batch_accepted_while_close_is_storing_it_is_taken_back(
+    onecollector: LocalCollector,
+    make_handler: Make,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The answer comes after close() took the batch over but before it has
+    # written it: the close itself takes it back once written.
+    onecollector.script(Answer(delay_s=0.3))
+    handler = make_handler(shutdown_timeout=0.1, flush_interval_s=0.05)
+    pipeline = handler._pipeline
+    assert pipeline is not None
+    put_batch = DiskCache.put_batch
+
+    def put_after_the_answer(cache: DiskCache, *args: Any, **kwargs: Any) -> Any:
+        assert wait_until(lambda: bool(pipeline._late_outcomes), timeout=5)
+        return put_batch(cache, *args, **kwargs)
+
+    monkeypatch.setattr(DiskCache, "put_batch", put_after_the_answer)
+    logger = isolated_logger("app.late", handler)
+    for i in range(20):
+        logger.info("n%d", i)
+    assert onecollector.wait_for_requests(1)
+
+    handler.close()
+
+    stats = handler.stats()
+    assert stats["accepted"] == 20 and stats.get("cached", 0) == 0
+    assert _cached_records(tmp_path / "cache") == 0
+    assert len(onecollector.events) == 20
+
+
 def test_dict_config_replacing_the_handler_during_a_send_is_bounded(
     onecollector: LocalCollector, tmp_path: Path
 ) -> None:
