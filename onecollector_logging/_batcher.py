@@ -74,6 +74,16 @@ _HANDOFF_WAIT_S = 0.005
 #: A request that has taken this long is slow, not just waiting for the
 #: interpreter during a burst: the batcher then spills instead of waiting.
 _SLOW_S = 0.25
+#: Past three quarters of the queue, the batcher waits for the sender only if
+#: the collector accepted a batch this recently: a sender held back by a burst
+#: still gets one through every few dozen milliseconds.
+_PACE_S = 0.1
+#: How long past its request's timeout a batch stored at close, while its
+#: request went on, is held from this process's claims (the sender ends the
+#: hold when the request ends; this is for a sender that never gets there).
+_HOLD_MARGIN_S = 5.0
+#: After an unexpected failure, the sender starts again this much later.
+_RECOVER_S = 0.5
 #: How long a close that took over the pipeline's batches still waits for the
 #: batcher, which may have taken records from the queue that no one else can
 #: see: it writes them to the disk cache itself, in a moment.
@@ -228,6 +238,8 @@ class Pipeline:
         self._deadline = 0.0
         #: When the sender may next look at the disk cache (real monotonic).
         self._next_drain_at = 0.0
+        #: When the collector last accepted a batch (real monotonic).
+        self._accepted_at = 0.0
         #: Whether the disk cache may hold batches: unknown at start (another
         #: process may have left some), known empty after a claim found none.
         self._cache_may_hold = True
@@ -373,8 +385,13 @@ class Pipeline:
         deadline = self._deadline
         for thread in self._threads or []:
             thread.join(max(0.0, deadline - real_monotonic()))
-        # Records put while the threads were finishing are still queued.
-        if any(t.is_alive() for t in self._threads or []) or self._queue:
+        # Records put while the threads were finishing are still queued; a
+        # sender that stopped unexpectedly may have left batches behind.
+        if (
+            any(t.is_alive() for t in self._threads or [])
+            or self._queue
+            or self._holds_batches()
+        ):
             self._hand_over()
             if self._threads and not self._hurry:
                 self._threads[0].join(_BATCHER_GRACE_S)  # the batcher
@@ -382,6 +399,15 @@ class Pipeline:
         self._closed_out = True
         self._drop_late()
         self.transport.close()
+
+    def _holds_batches(self) -> bool:
+        with self._cond:
+            return bool(
+                self._owned
+                or self._held
+                or self._in_hand is not None
+                or any(isinstance(item, list) for item in self._ready)
+            )
 
     def _drop_late(self) -> None:
         late = 0
@@ -435,7 +461,10 @@ class Pipeline:
             )
         )
         for lines in in_flight:
-            name = self._store(lines, reason="shutdown")
+            # Held from this process's own claims until the request ends: a
+            # handler that replaces this one must not send the lines again.
+            hold_s = self.transport.request_timeout_s + _HOLD_MARGIN_S
+            name = self._store(lines, reason="shutdown", hold_s=hold_s)
             with self._cond:
                 outcome = _pop_for(self._late_outcomes, lines)
                 if outcome is None:
@@ -452,20 +481,32 @@ class Pipeline:
         batch *name* of the disk cache: if the collector accepted them after
         all, the stored copy is withdrawn, so that they are neither sent again
         nor counted as lost."""
-        if outcome.kind != ACCEPTED:
+        cache = self._cache
+        if outcome.kind == ACCEPTED:
+            if cache is None:  # counted as lost, there being no cache
+                self._counters.add("dropped.shutdown", -len(lines))
+            elif name is not None and cache.withdraw(name):
+                self._counters.add("cached", -len(lines))
+            else:
+                # Refused by the cache, or claimed by another process since.
+                self._obey_late_kill(outcome)
+                return
+            self._settle(lines, outcome)
+            log.debug(
+                "%s: %d record(s) stored at close were accepted after all",
+                self._name,
+                len(lines),
+            )
             return
-        if self._cache is None:  # counted as lost, there being no cache
-            self._counters.add("dropped.shutdown", -len(lines))
-        elif name is not None and self._cache.withdraw(name):
-            self._counters.add("cached", -len(lines))
-        else:
-            return  # refused by the cache, or claimed by another process since
-        self._settle(lines, outcome)
-        log.debug(
-            "%s: %d record(s) stored at close were accepted after all",
-            self._name,
-            len(lines),
-        )
+        if cache is not None and name is not None:
+            cache.unhold(name)  # to be sent again, by whichever handler
+        self._obey_late_kill(outcome)
+
+    def _obey_late_kill(self, outcome: Outcome) -> None:
+        # The stored copy is in the cache now: a kill order in the answer
+        # drops it there, with whatever else the tenant has stored.
+        if outcome.kill is not None:
+            self._obey_kill(outcome.kill)
 
     def _serialize_all(self) -> List[bytes]:
         lines: List[bytes] = []
@@ -601,15 +642,19 @@ class Pipeline:
             return self._closing.is_set() and self._giving_up
         # A sender that is merely behind (a burst keeps it from the
         # interpreter) catches up within a few requests: writing batches to
-        # disk then would cost more than sending them. One stuck in a slow
-        # request, or a queue about to overflow, is another matter.
+        # disk then costs more than sending them. One stuck in a slow request,
+        # or not keeping pace once the queue is three quarters full, or a
+        # queue about to overflow, is another matter.
+        queued = len(self._queue)
         busy_since = self.transport.busy_since
+        now = real_monotonic()
         return (
             self.backing_off.is_set()
             or self._giving_up
             or self._closing.is_set()
-            or len(self._queue) > self._spill_mark
-            or (busy_since is not None and real_monotonic() - busy_since > _SLOW_S)
+            or queued > self._spill_mark
+            or (busy_since is not None and now - busy_since > _SLOW_S)
+            or (queued > self._yield_mark and now - self._accepted_at > _PACE_S)
         )
 
     def _spill(self, batch: List[bytes]) -> None:
@@ -622,15 +667,39 @@ class Pipeline:
 
     def _run_sender(self) -> None:
         own_activity.active = True
+        failures = 0
         try:
             self._cache_ready()
-            self._sender_loop()
-        except Exception:
-            log.exception("%s: sender stopped unexpectedly", self._name)
+            while True:
+                try:
+                    self._sender_loop()
+                    return
+                except Exception:
+                    # A fault of ours must not stop delivery for the rest of
+                    # the handler's life: the batch goes to disk, and on.
+                    failures += 1
+                    if failures == 1:
+                        log.exception("%s: sender failed", self._name)
+                    else:
+                        log.debug("%s: sender failed", self._name, exc_info=True)
+                    self._recover_owned()
+                    if self._closing.wait(_RECOVER_S):
+                        return
         finally:
             with self._cond:
                 self._flushed = self._flush_requested
                 self._cond.notify_all()
+
+    def _recover_owned(self) -> None:
+        with self._cond:
+            owned = list(self._owned)
+            self._owned.clear()
+        for lines in owned:
+            try:
+                self._settle_unsent(lines)
+            except Exception:
+                self._counters.add("dropped.cache_error", len(lines))
+                self._report_loss("the sender failed to store them", len(lines))
 
     def _sender_loop(self) -> None:
         while True:
@@ -744,6 +813,7 @@ class Pipeline:
         if outcome.kill is not None:
             self._obey_kill(outcome.kill)
         if outcome.kind == ACCEPTED:
+            self._accepted_at = real_monotonic()
             self._counters.add("accepted", outcome.accepted)
             self._count_rejected(outcome)
             if self._cache_may_hold:
@@ -907,16 +977,21 @@ class Pipeline:
             log.warning("%s: disk cache unavailable", self._name, exc_info=True)
             return None
 
-    def _store(self, lines: Sequence[bytes], *, reason: str) -> Optional[str]:
+    def _store(
+        self, lines: Sequence[bytes], *, reason: str, hold_s: Optional[float] = None
+    ) -> Optional[str]:
         """Write *lines* to the disk cache, or count them lost without one.
 
+        :param hold_s: see :meth:`~._cache.DiskCache.put_batch`.
         :returns: the cache's name of the batch; None when they are not in the
             cache (refused, and counted, by it; or counted here).
         """
         if not lines:
             return None
         if self._cache_ready():
-            name: Optional[str] = self._cache.put_batch(lines, created=_created(lines))
+            name: Optional[str] = self._cache.put_batch(
+                lines, created=_created(lines), hold_s=hold_s
+            )
             if name is None:
                 return None
             self._counters.add("cached", len(lines))

@@ -44,6 +44,7 @@ import filelock
 import platformdirs
 
 from ._compress import compress_lines
+from ._directives import real_monotonic
 from ._stats import Counters
 from .exceptions import ConfigurationError
 
@@ -106,6 +107,27 @@ _REASONS = {
 }
 
 _sequence = itertools.count()
+
+#: Batch files (by path) that no handler of this process claims before the
+#: real monotonic time given: see :meth:`DiskCache.put_batch`.
+_held: Dict[str, float] = {}
+_held_lock = threading.Lock()
+
+
+def _is_held(path: str) -> bool:
+    with _held_lock:
+        until = _held.get(path)
+        if until is None:
+            return False
+        if real_monotonic() < until:
+            return True
+        del _held[path]
+        return False
+
+
+def _unhold(path: str) -> None:
+    with _held_lock:
+        _held.pop(path, None)
 
 
 def default_cache_root() -> str:
@@ -275,6 +297,7 @@ class DiskCache:
         *,
         created: Optional[float] = None,
         evict: bool = True,
+        hold_s: Optional[float] = None,
     ) -> Optional[str]:
         """Store *lines* as one batch; return its name for :meth:`withdraw`, or
         None when it was not written.
@@ -289,6 +312,10 @@ class DiskCache:
             others; now when None.
         :param evict: make room first; False for lines whose room is already
             taken in the spool (a claimed batch stored again in parts).
+        :param hold_s: keep the batch from the claims of this process for so
+            many seconds, or until :meth:`withdraw` or :meth:`unhold`: lines
+            whose request may still succeed, which a handler that replaces the
+            one that stored them would otherwise send a second time.
         """
         count = len(lines)
         if not count:
@@ -311,7 +338,11 @@ class DiskCache:
             )
             return None
         with self._writing:
-            return self._store(blob, created_ns, count, evict)
+            name = self._store(blob, created_ns, count, evict)
+        if name is not None and hold_s is not None:
+            with _held_lock:
+                _held[os.path.join(self.path, name)] = real_monotonic() + hold_s
+        return name
 
     def _store(
         self, blob: bytes, created_ns: int, count: int, evict: bool
@@ -348,6 +379,7 @@ class DiskCache:
         then not sent a second time from here.
         """
         path = os.path.join(self.path, name)
+        _unhold(path)
         try:
             size = os.stat(path).st_size
             # A claim renames the file first: then this finds nothing.
@@ -356,6 +388,10 @@ class DiskCache:
             return False
         self._forget(size)
         return True
+
+    def unhold(self, name: str) -> None:
+        """Let this process claim the batch *name* again (see :meth:`put_batch`)."""
+        _unhold(os.path.join(self.path, name))
 
     def claim(self) -> Optional[Claim]:
         """Take the oldest unclaimed batch for sending, or return None.
@@ -552,6 +588,8 @@ class DiskCache:
         while True:
             while self._pending:
                 batch = self._pending.pop()
+                if _held and _is_held(os.path.join(self.path, batch.name)):
+                    continue
                 if not self._expire([batch]):
                     continue
                 claim_name = (

@@ -7,6 +7,7 @@ only retry loop, built with ``tenacity``.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from typing import (
 import requests
 import requests.adapters
 import tenacity
+import urllib3.exceptions
 from requests.structures import CaseInsensitiveDict
 
 from . import _directives, _schema
@@ -55,6 +57,16 @@ MAX_ANSWER_BYTES = 65_536
 _EXCERPT_BYTES = 200
 _TRANSIENT_STATUSES = frozenset({408, 429}) | (frozenset(range(500, 600)) - {501, 505})
 COMPRESSIONS = ("deflate", "gzip", "none")
+#: What a request can end in besides an answer. The answer body is read from
+#: urllib3 directly, whose errors (an undecodable or truncated body) requests
+#: does not translate there.
+_REQUEST_ERRORS = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+    ValueError,
+)
 
 
 class Outcome:
@@ -180,7 +192,7 @@ class Transport:
         self._key = instrumentation_key
         self._compression = compression
         self._connect_timeout_s = connect_timeout_s
-        self._request_timeout_s = request_timeout_s
+        self.request_timeout_s = request_timeout_s
         self.kill_window = kill_window
         self.gate = gate
         self.skew = ClockSkew()
@@ -204,7 +216,7 @@ class Transport:
         skew = self.skew.header()
         if skew is not None:
             headers["time-delta-to-apply-millis"] = skew
-        read_timeout = self._request_timeout_s
+        read_timeout = self.request_timeout_s
         if timeout_s is not None:
             read_timeout = max(0.05, min(read_timeout, timeout_s))
         connect_timeout = min(self._connect_timeout_s, read_timeout)
@@ -228,7 +240,7 @@ class Transport:
                 answer = _read_answer(response, read_timeout)
             finally:
                 response.close()
-        except (requests.RequestException, OSError, ValueError) as exc:
+        except _REQUEST_ERRORS as exc:
             detail = self._mask(str(exc))
             log.debug("request to %s failed: %s", self.endpoint, detail)
             return Outcome(TRANSIENT, connection_error=True, detail=detail)

@@ -346,3 +346,22 @@ def test_exhausted_attempts_drop_the_batch_with_a_count(
 
     assert handler.stats()["dropped"]["retries_exhausted"] == 1
     assert handler.stats()["retried"] == 2
+
+
+def test_an_answer_body_that_cannot_be_decoded_is_a_failed_attempt(
+    onecollector: LocalCollector, make: Make, clock: Any
+) -> None:
+    # Read from urllib3 directly, whose decoding error requests does not
+    # translate: it must end the attempt, not the sender.
+    onecollector.script(Answer(headers={"Content-Encoding": "gzip"}, body=b"{\"acc\""))
+    handler = make()
+    logger = isolated_logger("app.garbled", handler)
+
+    logger.info("first")
+    assert onecollector.wait_for_events(2)
+    logger.info("second")
+    assert handler.flush_within(10)
+
+    assert messages(onecollector.events) == ["first", "first", "second"]
+    assert handler.stats()["accepted"] == 2
+    assert "dropped" not in handler.stats()

@@ -16,13 +16,14 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 from support import KEY, OTHER_KEY, TENANT, isolated_logger, messages, wait_until
 
-from onecollector_logging import OneCollectorHandler
+from onecollector_logging import OneCollectorHandler, _batcher
 from onecollector_logging._cache import DiskCache
+from onecollector_logging._directives import real_monotonic
 from onecollector_logging._record import Snapshot
 from onecollector_logging.testing import Answer, LocalCollector
 
@@ -163,6 +164,51 @@ def test_a_batch_accepted_while_close_is_storing_it_is_taken_back(
     assert len(onecollector.events) == 20
 
 
+def test_a_batch_stored_at_close_is_not_sent_again_by_the_next_handler(
+    onecollector: LocalCollector, make_handler: Make, tmp_path: Path
+) -> None:
+    # As a second dictConfig() does: the replaced handler stores the batch
+    # whose request is still under way, and a new handler of the same tenant
+    # starts on the same cache before the answer comes.
+    onecollector.script(Answer(delay_s=0.8))
+    old = make_handler(shutdown_timeout=0.1, flush_interval_s=0.05)
+    for i in range(20):
+        isolated_logger("app.old", old).info("old %d", i)
+    assert onecollector.wait_for_requests(1)
+    old.close()
+    assert old.stats()["cached"] == 20
+
+    new = make_handler(flush_interval_s=0.05)
+    isolated_logger("app.new", new).info("new")
+    assert new.flush_within(10)
+    assert wait_until(lambda: old.stats().get("accepted") == 20)
+    assert new.flush_within(10)
+
+    bodies = [e["data"]["formattedMessage"] for e in onecollector.events]
+    assert sorted(bodies) == sorted(["new", *(f"old {i}" for i in range(20))])
+    assert _cached_records(tmp_path / "cache") == 0
+
+
+def test_a_kill_order_on_a_late_answer_is_obeyed(
+    onecollector: LocalCollector, make_handler: Make, tmp_path: Path
+) -> None:
+    onecollector.kill(TENANT, 3600)
+    onecollector.script(Answer(status=503, delay_s=0.5))
+    handler = make_handler(shutdown_timeout=0.1, flush_interval_s=0.05)
+    logger = isolated_logger("app.killed", handler)
+    for i in range(10):
+        logger.info("n%d", i)
+    assert onecollector.wait_for_requests(1)
+
+    handler.close()
+
+    assert wait_until(lambda: handler.stats().get("dropped", {}).get("killed") == 10)
+    cache = DiskCache.open(str(tmp_path / "cache"), TENANT)
+    assert cache is not None
+    assert cache.kill_until() > time.time() + 3000
+    assert cache.stats()["records"] == 0
+
+
 def test_dict_config_replacing_the_handler_during_a_send_is_bounded(
     onecollector: LocalCollector, tmp_path: Path
 ) -> None:
@@ -206,7 +252,7 @@ def test_dict_config_replacing_the_handler_during_a_send_is_bounded(
 
 _MULTIPROCESSING_APP = """
 import json, logging, multiprocessing, sys
-from onecollector_logging import OneCollectorHandler
+from onecollector_logging import OneCollectorHandler, _batcher
 
 ARGS = json.loads(sys.argv[1])
 
@@ -449,24 +495,33 @@ def test_a_request_that_hangs_sends_the_next_batches_to_disk_at_once(
     assert onecollector.wait_for_requests(1) and len(onecollector.requests) == 1
 
 
-def test_a_sender_behind_a_burst_is_waited_for_rather_than_spilled_to_disk(
-    onecollector: LocalCollector, make_handler: Make
+def test_a_sender_that_keeps_pace_is_waited_for_rather_than_spilled_to_disk(
+    make_handler: Make,
 ) -> None:
-    # The first answer keeps the sender away until the burst is over and the
-    # queue holds more than three quarters of its bound.
-    onecollector.script(Answer(delay_s=0.1))
-    handler = make_handler(
-        max_queue_records=2000, max_batch_records=10, flush_interval_s=0.05
-    )
-    logger = isolated_logger("app.burst", handler)
+    # The batcher's rule, with the queue and the sender set by hand: a burst
+    # keeps the sender from the interpreter but not from getting batches
+    # through, and writing those to disk would only cost more.
+    handler = make_handler(max_queue_records=1000)
+    pipeline = handler._pipeline
+    assert pipeline is not None
+    now = real_monotonic()
 
-    for i in range(1750):
-        logger.info("n%d", i)
-    assert handler.flush_within(20)
+    def spills(queued: int, accepted_s_ago: float, busy_s: Optional[float]) -> bool:
+        pipeline._queue.clear()
+        pipeline._queue.extend([None] * queued)
+        pipeline._accepted_at = now - accepted_s_ago
+        pipeline.transport.busy_since = None if busy_s is None else now - busy_s
+        return pipeline._should_spill()
 
-    stats = handler.stats()
-    assert stats["accepted"] == 1750
-    assert "cached" not in stats and "dropped" not in stats
+    try:
+        assert not spills(800, 0.02, 0.05)  # past 3/4, but keeping pace
+        assert spills(800, 0.5, 0.05)  # past 3/4, and nothing through lately
+        assert not spills(700, 5.0, None)  # below 3/4: the queue absorbs it
+        assert spills(950, 0.02, None)  # past 9/10: whatever the pace
+        assert spills(10, 0.02, 0.3)  # a request that hangs
+    finally:
+        pipeline._queue.clear()
+        pipeline.transport.busy_since = None
 
 
 def test_a_close_that_stores_a_split_batch_sends_neither_half_after_it(
@@ -807,3 +862,36 @@ def test_a_snapshot_that_cannot_be_serialized_is_counted_and_the_batch_goes_on(
     assert onecollector.wait_for_events(2)
     assert messages(onecollector.events) == ["before", "after"]
     assert handler.stats()["dropped"] == {"unserializable": 1}
+
+
+def test_a_fault_in_the_sender_does_not_stop_delivery(
+    onecollector: LocalCollector,
+    make_handler: Make,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Without a disk cache the failed batch is kept in memory and sent again
+    # once the sender is back.
+    real_deliver = _batcher.deliver
+    faults = []
+
+    def faulty(*args: Any, **kwargs: Any) -> Any:
+        if len(faults) < 2:
+            faults.append(1)
+            raise RuntimeError("a fault of the handler's own")
+        return real_deliver(*args, **kwargs)
+
+    monkeypatch.setattr(_batcher, "deliver", faulty)
+    handler = make_handler(cache=False, flush_interval_s=0.05)
+    logger = isolated_logger("app.faulty", handler)
+
+    with caplog.at_level(logging.DEBUG, logger="onecollector_logging"):
+        logger.info("before")
+        assert wait_until(lambda: len(faults) == 2)
+        logger.info("after")
+        # The batch kept in memory goes when the sender has nothing newer.
+        assert wait_until(lambda: handler.stats().get("accepted") == 2)
+
+    assert sorted(messages(onecollector.events)) == ["after", "before"]
+    failures = [r for r in caplog.records if r.getMessage().endswith("sender failed")]
+    assert [r.levelno for r in failures] == [logging.ERROR, logging.DEBUG]
