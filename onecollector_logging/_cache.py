@@ -108,26 +108,42 @@ _REASONS = {
 
 _sequence = itertools.count()
 
-#: Batch files (by path) that no handler of this process claims before the
-#: real monotonic time given: see :meth:`DiskCache.put_batch`.
-_held: Dict[str, float] = {}
-_held_lock = threading.Lock()
 
+class _Holds:
+    """Batch files (by path) that no handler of this process claims before the
+    real monotonic time given: see :meth:`DiskCache.put_batch`."""
 
-def _is_held(path: str) -> bool:
-    with _held_lock:
-        until = _held.get(path)
-        if until is None:
+    def __init__(self) -> None:
+        self.until: Dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def add(self, path: str, seconds: float) -> None:
+        with self.lock:
+            self.until[path] = real_monotonic() + seconds
+
+    def held(self, path: str) -> bool:
+        with self.lock:
+            until = self.until.get(path)
+            if until is None:
+                return False
+            if real_monotonic() < until:
+                return True
+            del self.until[path]
             return False
-        if real_monotonic() < until:
-            return True
-        del _held[path]
-        return False
+
+    def remove(self, path: str) -> None:
+        with self.lock:
+            self.until.pop(path, None)
+
+    def renew_lock(self) -> None:
+        # A fork while another thread held the lock would leave the child's
+        # copy locked for ever.
+        self.lock = threading.Lock()
 
 
-def _unhold(path: str) -> None:
-    with _held_lock:
-        _held.pop(path, None)
+_holds = _Holds()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_holds.renew_lock)
 
 
 def default_cache_root() -> str:
@@ -340,8 +356,7 @@ class DiskCache:
         with self._writing:
             name = self._store(blob, created_ns, count, evict)
         if name is not None and hold_s is not None:
-            with _held_lock:
-                _held[os.path.join(self.path, name)] = real_monotonic() + hold_s
+            _holds.add(os.path.join(self.path, name), hold_s)
         return name
 
     def _store(
@@ -379,7 +394,7 @@ class DiskCache:
         then not sent a second time from here.
         """
         path = os.path.join(self.path, name)
-        _unhold(path)
+        _holds.remove(path)
         try:
             size = os.stat(path).st_size
             # A claim renames the file first: then this finds nothing.
@@ -391,7 +406,7 @@ class DiskCache:
 
     def unhold(self, name: str) -> None:
         """Let this process claim the batch *name* again (see :meth:`put_batch`)."""
-        _unhold(os.path.join(self.path, name))
+        _holds.remove(os.path.join(self.path, name))
 
     def claim(self) -> Optional[Claim]:
         """Take the oldest unclaimed batch for sending, or return None.
@@ -588,7 +603,7 @@ class DiskCache:
         while True:
             while self._pending:
                 batch = self._pending.pop()
-                if _held and _is_held(os.path.join(self.path, batch.name)):
+                if _holds.until and _holds.held(os.path.join(self.path, batch.name)):
                     continue
                 if not self._expire([batch]):
                     continue

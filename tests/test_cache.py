@@ -26,6 +26,7 @@ import platformdirs
 import pytest
 from freezegun import freeze_time
 
+from onecollector_logging import _cache
 from onecollector_logging._cache import Claim, DiskCache, default_cache_root, partitions
 from onecollector_logging._compress import compress_lines
 from onecollector_logging._stats import Counters
@@ -1001,3 +1002,15 @@ def test_compressed_lines_inflate_to_the_lines_joined_by_newlines(count: int) ->
     assert zlib.decompress(compress_lines(lines), -15) == joined
     assert gzip.decompress(compress_lines(lines, "gzip")) == joined
     assert compress_lines(lines, "none") == joined
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_forked_while_a_hold_is_being_recorded_can_claim() -> None:
+    # The lock of the batches held from claims, taken by another thread at
+    # the moment of the fork, is free in the child.
+    with _cache._holds.lock:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os._exit(0 if _cache._holds.lock.acquire(timeout=2) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
