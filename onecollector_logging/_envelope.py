@@ -93,12 +93,12 @@ def static_ext(
     :param device_local_id: ``ext.device.localId``, in the ``<scope>:<id>`` form.
     :param user_local_id: ``ext.user.localId``, in the ``<scope>:<id>`` form.
     :param ext: any configurable slot (``app``, ``device``, ``user``, ``loc``,
-        ``net``, ``cloud``) as a mapping of its fields. The named arguments
-        above take precedence over the same fields given here.
+        ``net``, ``cloud``) as a mapping of its fields. A field may also be
+        given by a named argument above, with the same value.
     :raises ConfigurationError: naming the field, for a slot the handler fills
         itself, a field that is not part of Common Schema, a value of the wrong
-        type or a malformed local id. One such field would make the collector
-        reject every request.
+        type, a malformed local id (one such field would make the collector
+        reject every request), or a field given two different values.
 
     Empty values (None, ``""``) are left out, and so are slots left empty.
     Integer fields accept a string of decimal digits, as ``dictConfig`` gives.
@@ -114,11 +114,13 @@ def static_ext(
             slots[slot] = dict(_fields_of(f"ext.{slot}", fields))
     for slot, named in (("app", app), ("cloud", cloud)):
         if named is not None:
-            slots.setdefault(slot, {}).update(_fields_of(slot, named))
+            for key, value in _fields_of(slot, named).items():
+                _set_once(slots.setdefault(slot, {}), slot, key, value, slot)
     for slot, value in (("device", device_local_id), ("user", user_local_id)):
         if value:
-            _check_local_id(f"{slot}_local_id", value)
-            slots.setdefault(slot, {})["localId"] = value
+            option = f"{slot}_local_id"
+            _check_local_id(option, value)
+            _set_once(slots.setdefault(slot, {}), slot, "localId", value, option)
 
     result: Dict[str, Dict[str, JSONValue]] = {}
     for slot, fields in slots.items():
@@ -130,6 +132,23 @@ def static_ext(
         if checked:
             result[slot] = checked
     return result
+
+
+def _set_once(
+    fields: Dict[str, object], slot: str, key: str, value: object, option: str
+) -> None:
+    """Set *key* of ext.*slot* from *option*, unless ``ext`` gave it another value:
+    which of the two the application meant cannot be known."""
+    if value is None or value == "":
+        fields.setdefault(key, value)  # empty: left out unless ext sets it
+        return
+    given = fields.get(key)
+    if given is not None and given not in ("", value):
+        raise ConfigurationError(
+            f"ext.{slot}.{key} is given twice with different values: {given!r} in"
+            f" ext and {value!r} in {option}"
+        )
+    fields[key] = value
 
 
 def _check_slot(slot: object) -> None:

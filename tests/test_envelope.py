@@ -96,17 +96,41 @@ def test_empty_values_and_empty_slots_are_left_out() -> None:
     assert ext == {"app": {"name": "shop"}}
 
 
-def test_named_arguments_win_over_the_same_field_in_ext() -> None:
+def test_named_arguments_and_ext_fill_one_slot_together() -> None:
     ext = static_ext(
-        app={"name": "named"},
+        app={"name": "shop", "env": ""},
         device_local_id="c:named",
-        ext={"app": {"name": "generic", "ver": "1"}, "device": {"localId": "c:x"}},
+        ext={"app": {"name": "shop", "ver": "1", "env": "prod"}},
     )
 
     assert ext == {
-        "app": {"name": "named", "ver": "1"},
+        "app": {"name": "shop", "ver": "1", "env": "prod"},
         "device": {"localId": "c:named"},
     }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"app": {"name": "named"}, "ext": {"app": {"name": "generic"}}},
+            "ext.app.name is given twice with different values: 'generic' in ext"
+            " and 'named' in app",
+        ),
+        (
+            {"device_local_id": "c:a", "ext": {"device": {"localId": "c:b"}}},
+            "ext.device.localId is given twice with different values: 'c:b' in ext"
+            " and 'c:a' in device_local_id",
+        ),
+    ],
+)
+def test_a_field_given_two_different_values_is_refused(
+    kwargs: Dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        static_ext(**kwargs)
+
+    assert str(caught.value) == message
 
 
 @pytest.mark.parametrize(
