@@ -641,17 +641,19 @@ class Pipeline:
         if not self._cache_ready():
             return self._closing.is_set() and self._giving_up
         # A sender that is merely behind (a burst keeps it from the
-        # interpreter) catches up within a few requests: writing batches to
-        # disk then costs more than sending them. One stuck in a slow request,
-        # or not keeping pace once the queue is three quarters full, or a
-        # queue about to overflow, is another matter.
+        # interpreter, or a close came right after one) catches up within a
+        # few requests: writing batches to disk then costs more than sending
+        # them, and at close they would stay there until the application runs
+        # again. One stuck in a slow request, or not keeping pace once the
+        # queue is three quarters full, or a queue about to overflow, is
+        # another matter; what a close cannot send by its deadline goes to
+        # disk all the same (see end_close).
         queued = len(self._queue)
         busy_since = self.transport.busy_since
         now = real_monotonic()
         return (
             self.backing_off.is_set()
             or self._giving_up
-            or self._closing.is_set()
             or queued > self._spill_mark
             or (busy_since is not None and now - busy_since > _SLOW_S)
             or (queued > self._yield_mark and now - self._accepted_at > _PACE_S)

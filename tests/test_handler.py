@@ -365,6 +365,22 @@ def test_close_twice_then_flush_returns_at_once(make: Make) -> None:
     assert time.monotonic() - started < 0.5
 
 
+def test_close_sends_what_is_queued_to_a_healthy_collector(
+    onecollector: LocalCollector, make_handler: Make
+) -> None:
+    # Records still queued at close go to the collector, not to a disk cache
+    # that only a later run of the application would send from.
+    handler = make_handler(flush_interval_s=60)
+    logger = isolated_logger("app.closing", handler)
+    for i in range(5000):
+        logger.info("n%d", i)
+
+    handler.close()
+
+    assert handler.stats() == {"accepted": 5000, "queued": 0}
+    assert len(onecollector.events) == 5000
+
+
 def test_shutdown_with_a_collector_that_never_answers_is_bounded(
     onecollector: LocalCollector, make: Make
 ) -> None:
