@@ -284,7 +284,7 @@ def _send(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     )
     line = builder.serialize(snap)
     print(f"tenant:          {transport.tenant}", file=out)
-    print(f"endpoint:        {transport.endpoint}", file=out)
+    print(f"endpoint:        {transport.safe_endpoint}", file=out)
     print(f"event:           {line.decode('utf-8')}", file=out)
     outcome = transport.post([line])
     transport.close()

@@ -59,7 +59,7 @@ _TRANSIENT_STATUSES = frozenset({408, 429}) | (frozenset(range(500, 600)) - {501
 COMPRESSIONS = ("deflate", "gzip", "none")
 #: What a request can end in besides an answer. The answer body is read from
 #: urllib3 directly, whose errors (an undecodable or truncated body) requests
-#: does not translate there.
+#: does not translate.
 _REQUEST_ERRORS = (
     requests.RequestException,
     urllib3.exceptions.HTTPError,
@@ -238,15 +238,31 @@ class Transport:
             )
             try:
                 answer = _read_answer(response, read_timeout)
+            except _REQUEST_ERRORS as exc:
+                # The status line came: the collector has decided. Sending the
+                # batch again because its answer was garbled or cut short
+                # would deliver an accepted batch twice.
+                log.debug(
+                    "answer %s from %s unreadable: %s",
+                    response.status_code,
+                    self.safe_endpoint,
+                    self._mask(str(exc)),
+                )
+                answer = b""
             finally:
                 response.close()
         except _REQUEST_ERRORS as exc:
             detail = self._mask(str(exc))
-            log.debug("request to %s failed: %s", self.endpoint, detail)
+            log.debug("request to %s failed: %s", self.safe_endpoint, detail)
             return Outcome(TRANSIENT, connection_error=True, detail=detail)
         finally:
             self.busy_since = None
         return self._read(response.status_code, response.headers, answer, len(lines))
+
+    @property
+    def safe_endpoint(self) -> str:
+        """The endpoint as it may be shown: a key in its query is cut to its tenant."""
+        return self._mask(self.endpoint)
 
     def _prepare(
         self, session: requests.Session, body: bytes, headers: Mapping[str, str]

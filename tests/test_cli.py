@@ -57,12 +57,13 @@ def test_demo_shows_every_workload_record_accepted() -> None:
 
 
 def test_send_prints_the_collectors_verdict(onecollector: LocalCollector) -> None:
+    # A key in the endpoint's query is shown by its tenant only, too.
     result = _cli(
         "send",
         "--instrumentation-key",
         KEY,
         "--endpoint",
-        onecollector.endpoint,
+        f"{onecollector.endpoint}?apikey={KEY}",
         "--name",
         "Contoso.Probe.Check",
         "--data",

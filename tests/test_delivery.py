@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 from freezegun import freeze_time
-from support import KEY, OTHER_TENANT, TENANT, isolated_logger, messages
+from support import KEY, OTHER_TENANT, TENANT, isolated_logger, messages, wait_until
 
 from onecollector_logging import OneCollectorHandler
 from onecollector_logging._batcher import Pipeline
@@ -348,20 +348,42 @@ def test_exhausted_attempts_drop_the_batch_with_a_count(
     assert handler.stats()["retried"] == 2
 
 
-def test_an_answer_body_that_cannot_be_decoded_is_a_failed_attempt(
-    onecollector: LocalCollector, make: Make, clock: Any
+@pytest.mark.parametrize("status", [200, 503])
+def test_an_answer_whose_body_cannot_be_read_is_judged_by_its_status(
+    onecollector: LocalCollector, make: Make, clock: Any, status: int
 ) -> None:
-    # Read from urllib3 directly, whose decoding error requests does not
-    # translate: it must end the attempt, not the sender.
-    onecollector.script(Answer(headers={"Content-Encoding": "gzip"}, body=b"{\"acc\""))
-    handler = make()
+    # A body urllib3 cannot decode must neither stop the sender nor have an
+    # accepted batch sent twice.
+    garbled = {"Content-Encoding": "gzip"}
+    onecollector.script(Answer(status=status, headers=garbled, body=b"not gzip"))
+    handler = make(request_timeout_s=1)
     logger = isolated_logger("app.garbled", handler)
 
     logger.info("first")
-    assert onecollector.wait_for_events(2)
+    assert wait_until(lambda: handler.stats().get("accepted") == 1)
     logger.info("second")
     assert handler.flush_within(10)
 
-    assert messages(onecollector.events) == ["first", "first", "second"]
+    assert messages(onecollector.events) == ["first", "second"]
+    assert len(onecollector.requests) == (2 if status == 200 else 3)
     assert handler.stats()["accepted"] == 2
     assert "dropped" not in handler.stats()
+
+
+def test_a_key_in_the_endpoint_query_is_never_logged_in_full(
+    onecollector: LocalCollector,
+    make: Make,
+    clock: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    onecollector.script(Answer(reset=True))
+    handler = make(endpoint=f"{onecollector.endpoint}?apikey={KEY}")
+    logger = isolated_logger("app.query", handler)
+
+    with caplog.at_level(logging.DEBUG):
+        logger.info("through the query")  # answered by a reset, then accepted
+        assert onecollector.wait_for_events(1)
+
+    logged = [record.getMessage() for record in caplog.records]
+    assert any("apikey=" in text for text in logged)
+    assert not any(KEY in text for text in logged)
