@@ -24,6 +24,7 @@ from ._transport import (
     TRANSIENT,
     Transport,
     deliver_stored,
+    refuses_key,
 )
 from .exceptions import ConfigurationError
 from .handler import OneCollectorHandler
@@ -415,12 +416,23 @@ def _flush_claim(
         if refused:
             print(f"rejected: {outcome.rejected}", file=out)
         return outcome.accepted, refused, False
+    answer = f"HTTP {outcome.status}" if outcome.status else "no answer"
+    if outcome.detail:
+        answer += f" ({outcome.detail})"
     if outcome.kind == TRANSIENT:
         claim.release()
-        print(f"stopped: {outcome.status or outcome.detail}", file=out)
+        print(f"stopped: {answer}", file=out)
+        return 0, len(claim.lines), True
+    if refuses_key(outcome):
+        claim.release()
+        print(
+            f"stopped: the collector refused the key ({answer}); the cached"
+            " records are left for a valid key",
+            file=out,
+        )
         return 0, len(claim.lines), True
     claim.done()
-    print(f"dropped a batch: {outcome}", file=out)
+    print(f"dropped {len(claim.lines)} record(s): {outcome.kind}, {answer}", file=out)
     return 0, len(claim.lines), False
 
 

@@ -36,6 +36,7 @@ from ._transport import (
     Transport,
     deliver,
     deliver_stored,
+    refuses_key,
     request_sized,
     split,
 )
@@ -246,6 +247,7 @@ class Pipeline:
         self._giving_up = False
         self._loss_streak = False
         self._queue_full_reported = False
+        self._key_refusal_reported = False
         #: Set once close has stored what was left: a record put later (by a
         #: thread that passed the handler's closed check just before) is
         #: counted rather than left in a queue nobody reads.
@@ -909,6 +911,20 @@ class Pipeline:
         )
         if outcome is None:
             pass  # stored again in parts, claimed next
+        elif refuses_key(outcome) and not outcome.kill:
+            claim.release()
+            self._next_drain_at = real_monotonic() + _FAILED_DRAIN_PAUSE_S
+            if not self._key_refusal_reported:
+                self._key_refusal_reported = True
+                log.warning(
+                    "%s: the collector refused this handler's key (HTTP %s, %s):"
+                    " the disk cache of tenant %s is left for a handler with a"
+                    " valid key",
+                    self._name,
+                    outcome.status,
+                    outcome.detail or "no Collector-Error",
+                    self.transport.tenant,
+                )
         elif outcome.kind in (ACCEPTED, REJECTED, SPLIT, KILLED) or outcome.kill:
             claim.done()
             self._settle(claim.lines, outcome)

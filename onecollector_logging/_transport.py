@@ -513,6 +513,15 @@ class StoredBatch(Protocol):
     def divide(self, parts: Sequence[Sequence[bytes]]) -> None: ...
 
 
+def refuses_key(outcome: Outcome) -> bool:
+    """Whether *outcome* refuses the key that sent the batch, not its records.
+
+    A stored batch may have been written by any process of the tenant; one
+    process with a mistyped key must not throw away what the others stored.
+    """
+    return outcome.kind == REJECTED and outcome.status in (401, 403)
+
+
 def deliver_stored(
     transport: Transport,
     batch: StoredBatch,
