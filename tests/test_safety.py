@@ -832,8 +832,9 @@ def test_an_answer_that_trickles_in_is_cut_at_the_request_timeout(
         serving.join(10)
         server.close()
 
+    # Cut short all the same; the status line said the batch was taken.
     assert done and elapsed < 2.5
-    assert handler.stats()["cached"] == 10
+    assert handler.stats() == {"accepted": 10, "queued": 0}
 
 
 class _Unreadable(Snapshot):
