@@ -237,6 +237,8 @@ class Pipeline:
         #: Set by a close that must not wait for the pipeline threads.
         self._hurry = False
         self._deadline = 0.0
+        #: The cached and dropped counts when close began.
+        self._at_close = (0, 0)
         #: When the sender may next look at the disk cache (real monotonic).
         self._next_drain_at = 0.0
         #: When the collector last accepted a batch (real monotonic).
@@ -374,6 +376,8 @@ class Pipeline:
                 return False
             self._hurry = hurry
             self._deadline = real_monotonic() + timeout_s
+            counters = self._counters
+            self._at_close = (counters.get("cached"), counters.get("dropped"))
             self._closing.set()
         self._interrupt.set()
         self._wake.set()
@@ -401,6 +405,25 @@ class Pipeline:
         self._closed_out = True
         self._drop_late()
         self.transport.close()
+        self._report_close()
+
+    def _report_close(self) -> None:
+        # The streak rule logs the first loss only, and storing is not a loss
+        # at all: at the exit of a short-lived program, one line says where
+        # the records that did not reach the collector went.
+        cached, dropped = self._at_close
+        cached = self._counters.get("cached") - cached
+        dropped = self._counters.get("dropped") - dropped
+        if cached > 0 or dropped > 0:
+            log.warning(
+                "%s: closed with %d record(s) not delivered: %d stored in the disk"
+                " cache, which the next handler of the tenant to start sends, and"
+                " %d dropped (see stats())",
+                self._name,
+                cached + dropped,
+                cached,
+                dropped,
+            )
 
     def _holds_batches(self) -> bool:
         with self._cond:

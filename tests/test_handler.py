@@ -398,6 +398,30 @@ def test_shutdown_with_a_collector_that_never_answers_is_bounded(
     assert handler.stats()["cached"] == 1
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_close_that_leaves_records_undelivered_says_where_they_went(
+    onecollector: LocalCollector,
+    make: Make,
+    caplog: pytest.LogCaptureFixture,
+    cache: bool,
+) -> None:
+    onecollector.script_always(Answer(hang=True))
+    handler = make(shutdown_timeout=0.2, cache=cache, max_batch_records=10)
+    logger = isolated_logger("app.undelivered", handler)
+    for i in range(25):
+        logger.info("n%d", i)
+    assert onecollector.wait_for_requests(1)
+
+    with caplog.at_level(logging.WARNING, logger="onecollector_logging"):
+        handler.close()
+
+    said = [r.getMessage() for r in caplog.records if "closed with" in r.getMessage()]
+    stored, dropped = (25, 0) if cache else (0, 25)
+    assert len(said) == 1
+    assert f"closed with 25 record(s) not delivered: {stored} stored" in said[0]
+    assert f"sends, and {dropped} dropped" in said[0]
+
+
 def test_records_after_close_are_counted_not_lost_silently(
     make: Make, caplog: pytest.LogCaptureFixture
 ) -> None:
