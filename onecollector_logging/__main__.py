@@ -247,7 +247,7 @@ def _collector(args: argparse.Namespace) -> int:
 def _transport(args: argparse.Namespace, counters: Counters) -> Transport:
     key, tenant = _config.instrumentation_key(args.instrumentation_key)
     return Transport(
-        endpoint=_config.endpoint(args.endpoint),
+        endpoint=_config.endpoint(args.endpoint, key),
         instrumentation_key=key,
         tenant=tenant,
         kill_window=KillWindow(),
@@ -285,7 +285,7 @@ def _send(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     )
     line = builder.serialize(snap)
     print(f"tenant:          {transport.tenant}", file=out)
-    print(f"endpoint:        {transport.safe_endpoint}", file=out)
+    print(f"endpoint:        {transport.endpoint}", file=out)
     print(f"event:           {line.decode('utf-8')}", file=out)
     outcome = transport.post([line])
     transport.close()

@@ -128,9 +128,20 @@ def instrumentation_key(value: Optional[str]) -> Tuple[str, str]:
     return key, tenant
 
 
-def endpoint(value: object) -> str:
+def endpoint(value: object, key: str = "") -> str:
+    """Check the collector's URL.
+
+    :param key: the instrumentation key, which must not be part of the URL: it
+        travels in the ``x-apikey`` header only, and a URL is logged (by
+        urllib3, for one) where a header is not.
+    """
     if not isinstance(value, str):
         raise ConfigurationError(f"endpoint must be a URL string, got {value!r}")
+    if key and key in value:
+        raise ConfigurationError(
+            "endpoint holds the instrumentation key: the handler sends it in the"
+            " x-apikey header; remove it from the URL"
+        )
     url = value.strip()
     try:
         parts = urlsplit(url)

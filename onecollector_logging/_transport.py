@@ -245,7 +245,7 @@ class Transport:
                 log.debug(
                     "answer %s from %s unreadable: %s",
                     response.status_code,
-                    self.safe_endpoint,
+                    self.endpoint,
                     self._mask(str(exc)),
                 )
                 answer = b""
@@ -253,16 +253,11 @@ class Transport:
                 response.close()
         except _REQUEST_ERRORS as exc:
             detail = self._mask(str(exc))
-            log.debug("request to %s failed: %s", self.safe_endpoint, detail)
+            log.debug("request to %s failed: %s", self.endpoint, detail)
             return Outcome(TRANSIENT, connection_error=True, detail=detail)
         finally:
             self.busy_since = None
         return self._read(response.status_code, response.headers, answer, len(lines))
-
-    @property
-    def safe_endpoint(self) -> str:
-        """The endpoint as it may be shown: a key in its query is cut to its tenant."""
-        return self._mask(self.endpoint)
 
     def _prepare(
         self, session: requests.Session, body: bytes, headers: Mapping[str, str]

@@ -177,7 +177,7 @@ class OneCollectorHandler(logging.Handler):
         else:
             key, tenant = _config.instrumentation_key(instrumentation_key)
         self.tenant = tenant
-        self.endpoint = _config.endpoint(endpoint)
+        self.endpoint = _config.endpoint(endpoint, key)
         self.event_name = _config.event_name("event_name", event_name)
         self.shutdown_timeout = _config.as_number(
             "shutdown_timeout", shutdown_timeout, minimum=0, maximum=3600

@@ -57,13 +57,12 @@ def test_demo_shows_every_workload_record_accepted() -> None:
 
 
 def test_send_prints_the_collectors_verdict(onecollector: LocalCollector) -> None:
-    # A key in the endpoint's query is shown by its tenant only, too.
     result = _cli(
         "send",
         "--instrumentation-key",
         KEY,
         "--endpoint",
-        f"{onecollector.endpoint}?apikey={KEY}",
+        onecollector.endpoint,
         "--name",
         "Contoso.Probe.Check",
         "--data",
@@ -102,9 +101,14 @@ def test_send_shows_a_rejection_with_its_collector_error(
 def test_send_refuses_bad_input_clearly() -> None:
     no_hyphen = _cli("send", "--instrumentation-key", "nohyphen")
     bad_data = _cli("send", "--instrumentation-key", KEY, "--data", "{")
+    keyed_url = _cli(
+        "send", "--instrumentation-key", KEY, "--endpoint", f"http://h/?apikey={KEY}"
+    )
 
     assert no_hyphen.returncode == 2 and "instrumentation_key" in no_hyphen.stderr
     assert bad_data.returncode == 2 and "--data" in bad_data.stderr
+    assert keyed_url.returncode == 2 and "x-apikey" in keyed_url.stderr
+    assert KEY not in keyed_url.stderr + keyed_url.stdout
 
 
 def test_collector_command_prints_each_accepted_event() -> None:

@@ -369,21 +369,3 @@ def test_an_answer_whose_body_cannot_be_read_is_judged_by_its_status(
     assert handler.stats()["accepted"] == 2
     assert "dropped" not in handler.stats()
 
-
-def test_a_key_in_the_endpoint_query_is_never_logged_in_full(
-    onecollector: LocalCollector,
-    make: Make,
-    clock: Any,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    onecollector.script(Answer(reset=True))
-    handler = make(endpoint=f"{onecollector.endpoint}?apikey={KEY}")
-    logger = isolated_logger("app.query", handler)
-
-    with caplog.at_level(logging.DEBUG):
-        logger.info("through the query")  # answered by a reset, then accepted
-        assert onecollector.wait_for_events(1)
-
-    logged = [record.getMessage() for record in caplog.records]
-    assert any("apikey=" in text for text in logged)
-    assert not any(KEY in text for text in logged)

@@ -611,6 +611,14 @@ def test_malformed_endpoints_are_configuration_errors(endpoint: str) -> None:
         OneCollectorHandler(KEY, endpoint=endpoint)
 
 
+def test_an_endpoint_holding_the_key_is_refused_without_showing_it() -> None:
+    # urllib3 logs the URL of every request; the key goes in a header only.
+    with pytest.raises(ConfigurationError, match="x-apikey header") as caught:
+        OneCollectorHandler(KEY, endpoint=f"https://host/OneCollector/1.0/?apikey={KEY}")
+
+    assert KEY not in str(caught.value)
+
+
 def test_a_tenant_that_is_not_alphanumeric_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="tenant"):
         OneCollectorHandler("<tenant>-<...>-<...>")
