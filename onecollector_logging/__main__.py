@@ -315,9 +315,16 @@ def _cache_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return _cache_flush(root, args, out)
 
 
-def _open_partitions(root: str) -> List[_cache.DiskCache]:
+def _open_partitions(root: str, out: TextIO) -> List[_cache.DiskCache]:
+    """Open the partition of each tenant under *root*; say so when there is none."""
+    # Only what partitions() recognizes is opened: opening creates a lock file
+    # and takes the group's and others' permissions away, which must not happen
+    # to a directory of someone else's under a root given by mistake.
+    tenants = _cache.partitions(root)
+    if not tenants:
+        print(f"no cache found in {root}", file=out)
     caches = []
-    for tenant in _cache.partitions(root):
+    for tenant in tenants:
         cache = _cache.DiskCache.open(root, tenant)
         if cache is not None:
             caches.append(cache)
@@ -325,11 +332,8 @@ def _open_partitions(root: str) -> List[_cache.DiskCache]:
 
 
 def _cache_stats(root: str, out: TextIO) -> int:
-    caches = _open_partitions(root)
     print(f"cache root: {root}", file=out)
-    if not caches:
-        print("no cached records", file=out)
-    for cache in caches:
+    for cache in _open_partitions(root, out):
         stats = cache.stats()
         print(f"tenant {cache.tenant}:", file=out)
         for name in ("batches", "records", "bytes", "oldest_age_s", "claimed"):
@@ -347,9 +351,8 @@ def _describe_kill(until: object) -> str:
 
 
 def _cache_purge(root: str, yes: bool, out: TextIO) -> int:
-    caches = _open_partitions(root)
+    caches = _open_partitions(root, out)
     if not caches:
-        print("no cached records", file=out)
         return 0
     if not yes:
         if not sys.stdin.isatty():

@@ -154,6 +154,11 @@ def default_cache_root() -> str:
 def partitions(root: Optional[str]) -> List[str]:
     """Return the tenants that have a partition under *root*, sorted.
 
+    A partition is a directory named like a tenant id that holds the lock file
+    :meth:`DiskCache.open` creates in it. A plain word is a valid tenant id, so
+    the name alone cannot tell a partition from a directory of someone else's
+    that sits under the root (when the root was given by mistake).
+
     :param root: the spool root; None for :func:`default_cache_root`.
     """
     base = os.path.abspath(root if root is not None else default_cache_root())
@@ -162,10 +167,19 @@ def partitions(root: Optional[str]) -> List[str]:
             return sorted(
                 entry.name
                 for entry in entries
-                if _TENANT.match(entry.name) and entry.is_dir(follow_symlinks=False)
+                if _TENANT.match(entry.name)
+                and entry.is_dir(follow_symlinks=False)
+                and _holds_lock_file(entry.path)
             )
     except OSError:
         return []
+
+
+def _holds_lock_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(os.path.join(path, ".lock")).st_mode)
+    except OSError:
+        return False
 
 
 class _Batch(NamedTuple):

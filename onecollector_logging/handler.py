@@ -17,9 +17,10 @@ from . import _cache, _config, _schema
 from ._batcher import Pipeline, is_own_logger, own_activity
 from ._directives import KillWindow, RetryGate, real_monotonic
 from ._envelope import EnvelopeBuilder, os_identity, static_ext
-from ._record import RecordOptions, Snapshot, capture, redact_data
+from ._record import RecordOptions, Redactor, Snapshot, capture, redact_data
 from ._stats import Counters
 from ._transport import COMPRESSIONS, DEFAULT_MAX_ATTEMPTS, SDK_VERSION, Transport
+from ._values import JSONValue
 from .exceptions import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ class OneCollectorHandler(logging.Handler):
             event_name=self.event_name,
             event_names=_config.mapping("event_names", event_names) or {},
             code_location=_config.as_bool("code_location", code_location),
-            redact=_config.callable_option("redact", redact),
+            redact=_without_feedback(_config.callable_option("redact", redact)),
             counters=self.counters,
         )
         #: Logger name -> event name, filled as the records come; the package's
@@ -455,6 +456,26 @@ class OneCollectorHandler(logging.Handler):
         self._record_options.counters = self.counters
         if self._pipeline is not None and not self._closed:
             self._pipeline = self._build_pipeline()
+
+
+def _without_feedback(redact: Optional[Callable[..., Any]]) -> Optional[Redactor]:
+    """Wrap *redact* so that the records it logs are not sent by the handler.
+
+    Such a record would come back through emit() to be redacted in its turn,
+    without end. Other handlers still get it.
+    """
+    if redact is None:
+        return None
+
+    def call(data: Dict[str, JSONValue]) -> Any:
+        previous = own_activity.active
+        own_activity.active = True
+        try:
+            return redact(data)
+        finally:
+            own_activity.active = previous
+
+    return call
 
 
 def _live_handlers() -> List[OneCollectorHandler]:

@@ -122,9 +122,9 @@ class Answer:
     :param headers: extra answer headers; they replace the collector's headers of
         the same name (``Content-Type``, ``time-delta-millis``, kill headers).
     :param body: ``None`` for ``{"acc":N}`` (``N`` = events parsed, 0 for a
-        non-2xx status); a mapping is sent as JSON; ``str``/``bytes`` verbatim. On
-        a 2xx, events listed by index in ``efi`` are not
-        accepted, and ``efi`` ``"all"`` accepts none.
+        non-2xx status); a mapping is sent as JSON; ``str``/``bytes`` verbatim;
+        any other type is refused. On a 2xx, events listed by index in ``efi``
+        are not accepted, and ``efi`` ``"all"`` accepts none.
     :param delay_s: wait this long before answering (cut short by ``stop()``).
     :param reset: close the connection abruptly (TCP reset) instead of answering.
     :param hang: never answer: hold the connection until the client closes it or
@@ -145,6 +145,13 @@ class Answer:
             raise ValueError(f"delay_s must not be negative, not {self.delay_s!r}")
         if self.reset and self.hang:
             raise ValueError("an answer cannot both reset and hang")
+        # Checked here because a body that cannot be encoded would otherwise fail
+        # only when served, on the connection thread, as a dropped connection.
+        if self.body is not None and not isinstance(self.body, (Mapping, str, bytes)):
+            raise TypeError(
+                "body must be None, a mapping, str or bytes, not "
+                f"{type(self.body).__name__}"
+            )
 
 
 @dataclass(frozen=True)

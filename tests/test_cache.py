@@ -653,6 +653,17 @@ def test_partitions_lists_tenant_directories_only(root: str) -> None:
     assert partitions(os.path.join(root, "missing")) == []
 
 
+def test_partitions_skip_tenant_named_directories_the_cache_did_not_make(
+    root: str,
+) -> None:
+    _open(root, "tenanta")
+    Path(root, "photos").mkdir()
+    Path(root, "photos", "a.jpg").write_bytes(b"\xff\xd8\xff")
+    Path(root, "odd", ".lock").mkdir(parents=True)
+
+    assert partitions(root) == ["tenanta"]
+
+
 # -- failures while running --------------------------------------------------------
 
 

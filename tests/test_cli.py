@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import requests
 from support import KEY, TENANT
@@ -146,6 +147,46 @@ def test_collector_command_prints_each_accepted_event() -> None:
 
     assert answer.status_code == 200
     assert json.loads(printed[0])["name"] == "Contoso.Cli.Check"
+
+
+def _modes(root: Path) -> Dict[str, int]:
+    return {
+        str(path.relative_to(root)): stat.S_IMODE(path.lstat().st_mode)
+        for path in root.rglob("*")
+    }
+
+
+def test_cache_commands_leave_a_directory_that_is_not_a_cache_alone(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    # "photos" is a valid tenant id: only the missing lock file tells it apart.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photos.chmod(0o755)
+    (photos / "a.jpg").write_bytes(b"\xff\xd8\xff")
+    before = _modes(tmp_path)
+
+    shown = _cli("cache", "stats", "--cache-dir", str(tmp_path))
+    purged = _cli("cache", "purge", "--yes", "--cache-dir", str(tmp_path))
+    flushed = _cli(
+        "cache",
+        "flush",
+        "--cache-dir",
+        str(tmp_path),
+        "--instrumentation-key",
+        "photos-0001",
+        "--endpoint",
+        onecollector.endpoint,
+    )
+
+    assert _modes(tmp_path) == before
+    for result in (shown, purged):
+        assert result.returncode == 0, result.stderr
+        assert f"no cache found in {tmp_path}" in result.stdout
+        assert "photos" not in result.stdout
+    assert flushed.returncode == 0, flushed.stderr
+    assert f"nothing cached for tenant photos under {tmp_path}" in flushed.stdout
+    assert onecollector.requests == []
 
 
 def test_every_argument_of_every_command_has_help() -> None:

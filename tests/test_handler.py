@@ -5,16 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import logging.config
+import logging.handlers
 import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 from support import KEY, TENANT, isolated_logger, messages
 
 from onecollector_logging import ConfigurationError, OneCollectorHandler
+from onecollector_logging._batcher import own_activity
 from onecollector_logging.testing import Answer, LocalCollector
 
 Make = Callable[..., OneCollectorHandler]
@@ -660,6 +662,82 @@ def test_handler_filters_apply(onecollector: LocalCollector, make: Make) -> None
 
     assert onecollector.wait_for_events(2)
     assert messages(onecollector.events) == ["keep me", "keep me too"]
+
+
+def _pay_messages(other: logging.handlers.BufferingHandler) -> List[str]:
+    return sorted(r.getMessage() for r in other.buffer if r.name.startswith("pay"))
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, its handlers and level restored after the test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield root
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_records_logged_by_redact_go_to_other_handlers_not_back_to_this_one(
+    onecollector: LocalCollector, make: Make, root_logger: logging.Logger
+) -> None:
+    redacted: List[str] = []
+
+    def redact(data: Dict[str, Any]) -> Dict[str, Any]:
+        redacted.append(data["formattedMessage"])
+        logging.getLogger("pay.redact").warning("removed a card number")
+        data.pop("card", None)
+        return data
+
+    handler = make(redact=redact)
+    other = logging.handlers.BufferingHandler(capacity=1000)
+    root_logger.handlers[:] = [handler, other]
+    root_logger.setLevel(logging.INFO)
+
+    logging.getLogger("pay").info("payment", extra={"card": "4111"})
+    assert handler.flush_within(10)
+
+    assert messages(onecollector.events) == ["payment"]
+    assert "card" not in onecollector.events[0]["data"]
+    assert redacted == ["payment"]
+    assert _pay_messages(other) == ["payment", "removed a card number"]
+
+
+def test_records_after_a_redact_that_logged_and_raised_are_still_sent(
+    onecollector: LocalCollector, make: Make, root_logger: logging.Logger
+) -> None:
+    def redact(data: Dict[str, Any]) -> Dict[str, Any]:
+        if data["formattedMessage"] == "bad":
+            logging.getLogger("pay.redact").warning("cannot redact this")
+            raise ValueError("unredactable")
+        return data
+
+    handler = make(redact=redact)
+    root_logger.handlers[:] = [handler]
+    root_logger.setLevel(logging.INFO)
+
+    logging.getLogger("pay").info("bad")
+    logging.getLogger("pay").info("good")
+    assert handler.flush_within(10)
+
+    assert messages(onecollector.events) == ["good"]
+    assert handler.stats()["dropped"] == {"redact_error": 1}
+
+
+def test_redact_leaves_the_own_activity_flag_as_it_found_it(make: Make) -> None:
+    # As on a thread already doing the handler's own work.
+    redact = make(redact=lambda data: data)._record_options.redact
+    assert redact is not None
+    own_activity.active = True
+    try:
+        redact({"message": "m"})
+        still_active = own_activity.active
+    finally:
+        own_activity.active = False
+
+    assert still_active
 
 
 @pytest.mark.parametrize("compression", ["deflate", "gzip", "none"])

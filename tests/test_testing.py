@@ -627,6 +627,17 @@ def test_impossible_answers_are_refused(options: Dict[str, Any]) -> None:
         Answer(**options)
 
 
+@pytest.mark.parametrize("body", [[1, 2, 3], 7, bytearray(b"{}")])
+def test_an_answer_body_of_another_type_is_refused_when_created(body: Any) -> None:
+    with pytest.raises(TypeError, match="body"):
+        Answer(body=body)
+
+
+@pytest.mark.parametrize("body", [None, {"acc": 1}, '{"acc":1}', b'{"acc":1}'])
+def test_the_documented_answer_bodies_are_accepted(body: Any) -> None:
+    assert Answer(body=body).body == body
+
+
 def test_headers_are_read_case_insensitively() -> None:
     headers = Headers([("X-ApiKey", "k"), ("Accept", "a"), ("accept", "b")])
 
