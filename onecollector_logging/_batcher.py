@@ -218,6 +218,8 @@ class Pipeline:
         self._batcher_done = False
         self._flush_requested = 0
         self._flushed = 0
+        #: Whether batches were left in memory (no disk cache) at the last flush.
+        self._held_at_flush = False
         #: Batches the sender has taken and not yet settled: what close()
         #: stores when the sender is stuck in a request.
         self._owned: List[List[bytes]] = []
@@ -342,6 +344,10 @@ class Pipeline:
         """Send or store everything queued so far; wait at most *timeout_s*.
 
         A retry wait in progress is cut short: the batch goes to the disk cache.
+
+        :returns: whether everything was sent or stored in time; without a disk
+            cache, a batch whose retry was cut short stays in memory, and the
+            flush is not complete.
         """
         threads = self._threads
         if not threads or self._closing.is_set():
@@ -359,7 +365,7 @@ class Pipeline:
                 if remaining <= 0 or not any(t.is_alive() for t in threads):
                     return False
                 self._cond.wait(remaining)
-        return True
+            return not self._held_at_flush
 
     def begin_close(self, timeout_s: float, *, hurry: bool = False) -> bool:
         """Give the threads *timeout_s* to stop; return at once.
@@ -414,15 +420,20 @@ class Pipeline:
         cached, dropped = self._at_close
         cached = self._counters.get("cached") - cached
         dropped = self._counters.get("dropped") - dropped
-        if cached > 0 or dropped > 0:
+        where = []
+        if cached > 0:
+            where.append(
+                f"{cached} stored in the disk cache, which the next handler of"
+                " the tenant to start sends"
+            )
+        if dropped > 0:
+            where.append(f"{dropped} dropped (see stats())")
+        if where:
             log.warning(
-                "%s: closed with %d record(s) not delivered: %d stored in the disk"
-                " cache, which the next handler of the tenant to start sends, and"
-                " %d dropped (see stats())",
+                "%s: closed with %d record(s) not delivered: %s",
                 self._name,
                 cached + dropped,
-                cached,
-                dropped,
+                "; ".join(where),
             )
 
     def _holds_batches(self) -> bool:
@@ -790,6 +801,8 @@ class Pipeline:
     def _finish_flush(self, marker: _FlushMarker) -> None:
         with self._cond:
             self._flushed = max(self._flushed, marker.generation)
+            # Read now: the sender goes on to send them once the flush is over.
+            self._held_at_flush = bool(self._held)
             if self._flushed >= self._flush_requested and not self._closing.is_set():
                 self._interrupt.clear()
             self._cond.notify_all()
@@ -1049,7 +1062,8 @@ class Pipeline:
         return None
 
     def _report_loss(self, why: str, count: int) -> None:
-        if self._loss_streak:
+        if self._loss_streak or (self._closing.is_set() and not self._closed_out):
+            # A close sums up its losses in one warning (_report_close).
             log.debug("%s: %d record(s) lost: %s", self._name, count, why)
             return
         self._loss_streak = True

@@ -13,7 +13,7 @@ import math
 import os
 import stat
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from . import _schema
 from .exceptions import ConfigurationError
@@ -137,7 +137,8 @@ def endpoint(value: object, key: str = "") -> str:
     """
     if not isinstance(value, str):
         raise ConfigurationError(f"endpoint must be a URL string, got {value!r}")
-    if key and key in value:
+    # Case and percent-encoding do not hide it from whoever reads the URL.
+    if key and key.lower() in unquote(value).lower():
         raise ConfigurationError(
             "endpoint holds the instrumentation key: the handler sends it in the"
             " x-apikey header; remove it from the URL"

@@ -513,8 +513,17 @@ def refuses_key(outcome: Outcome) -> bool:
 
     A stored batch may have been written by any process of the tenant; one
     process with a mistyped key must not throw away what the others stored.
+    The collector says so with 401 or 403, or with "Invalid Tenant Token"
+    (400 as well): the records' ``iKey`` is the tenant's, the same in every
+    process, so it is the key that is wrong.
     """
-    return outcome.kind == REJECTED and outcome.status in (401, 403)
+    if outcome.kind != REJECTED:
+        return False
+    return (
+        outcome.status in (401, 403)
+        or "InvalidTenantToken" in outcome.rejected
+        or "invalid tenant token" in outcome.detail.lower()
+    )
 
 
 def deliver_stored(

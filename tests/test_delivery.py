@@ -283,6 +283,24 @@ def test_request_sized_parts_keep_the_order_within_both_limits() -> None:
     assert request_sized([]) == []
 
 
+def test_a_flush_that_leaves_a_batch_in_memory_says_it_did_not_finish(
+    onecollector: LocalCollector, make: Make
+) -> None:
+    # Without a disk cache, the batch whose retry the flush cut short waits
+    # in memory for the collector: neither sent nor stored.
+    onecollector.script(Answer(reset=True))
+    handler = make(cache=False)
+    logger = isolated_logger("app.unflushed", handler)
+
+    logger.info("held")
+    assert onecollector.wait_for_requests(1)
+    assert not handler.flush_within(5)
+    assert handler.stats()["queued"] == 1
+
+    assert wait_until(lambda: handler.stats().get("accepted") == 1, timeout=20)
+    assert messages(onecollector.events) == ["held"]
+
+
 def test_connection_resets_back_off_and_everything_arrives_after(
     onecollector: LocalCollector, make: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
