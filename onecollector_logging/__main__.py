@@ -374,9 +374,13 @@ def _no_wait(seconds: float) -> None:
 def _cache_flush(root: str, args: argparse.Namespace, out: TextIO) -> int:
     counters = Counters()
     transport = _transport(args, counters)
-    if transport.tenant not in _cache.partitions(root):
+    tenants = _cache.partitions(root)
+    if transport.tenant not in tenants:
         # Opening the partition would create it, only to find it empty.
         print(f"nothing cached for tenant {transport.tenant} under {root}", file=out)
+        if tenants:
+            # Most likely the key of another application, or a mistyped one.
+            print(f"tenants with a cache there: {', '.join(tenants)}", file=out)
         return 0
     cache = _cache.DiskCache.open(root, transport.tenant, counters=counters)
     if cache is None:

@@ -352,6 +352,8 @@ def test_cache_commands_create_nothing_for_a_tenant_with_nothing_cached(
     for output in flushed:
         assert output.startswith("0\n"), output
         assert f"nothing cached for tenant {TENANT}" in output
+    assert f"tenants with a cache there: {OTHER_TENANT}" in flushed[1]
+    assert "tenants with a cache there" not in flushed[0]
     assert all(output.startswith("0\n") for output in shown + purged)
     assert onecollector.requests == []
 
