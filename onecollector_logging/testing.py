@@ -71,6 +71,13 @@ _DEFLATE_WBITS = (-zlib.MAX_WBITS, zlib.MAX_WBITS, zlib.MAX_WBITS | 16)
 _GZIP_WBITS = (zlib.MAX_WBITS | 16,)
 _UNPARSEABLE = object()
 _KEY_IN_QUERY = re.compile(r"(apikey=)([^&\s]+)", re.IGNORECASE)
+#: A scripted header name must be an HTTP token (RFC 9110, section 5.6.2).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: http.server writes header lines as strict Latin-1, and CR or LF would split
+#: one header into two.
+_BAD_HEADER_VALUE = re.compile(r"[\r\n\x00]|[^\x00-\xff]")
+#: The collector writes these itself; a second copy would garble the framing.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 
 _Body = Union[None, Mapping[str, Any], str, bytes]
 _HeaderPairs = List[Tuple[str, str]]
@@ -118,17 +125,27 @@ class Headers(Mapping[str, str]):
 class Answer:
     """How to answer one request, in place of the collector's own verdict.
 
-    :param status: HTTP status, 200-599.
-    :param headers: extra answer headers; they replace the collector's headers of
-        the same name (``Content-Type``, ``time-delta-millis``, kill headers).
+    An answer the collector could not serve is refused when it is made, with a
+    :class:`TypeError` for a value of the wrong type and a :class:`ValueError`
+    for a bad value, rather than failing later as a dropped connection.
+
+    :param status: HTTP status, an ``int`` within 200-599.
+    :param headers: extra answer headers, ``str`` names (HTTP tokens) to ``str``
+        values (Latin-1, without CR, LF or NUL); they replace the collector's
+        headers of the same name (``Content-Type``, ``time-delta-millis``, kill
+        headers). ``Content-Length``, ``Transfer-Encoding`` and ``Connection``
+        are refused: the collector sets them to frame the answer.
     :param body: ``None`` for ``{"acc":N}`` (``N`` = events parsed, 0 for a
-        non-2xx status); a mapping is sent as JSON; ``str``/``bytes`` verbatim;
-        any other type is refused. On a 2xx, events listed by index in ``efi``
-        are not accepted, and ``efi`` ``"all"`` accepts none.
-    :param delay_s: wait this long before answering (cut short by ``stop()``).
-    :param reset: close the connection abruptly (TCP reset) instead of answering.
-    :param hang: never answer: hold the connection until the client closes it or
-        the collector stops.
+        non-2xx status); a mapping is sent as JSON, so it must be serializable
+        by :func:`json.dumps`; ``str`` (as UTF-8) and ``bytes`` verbatim; any
+        other type is refused. On a 2xx, events listed by index in ``efi`` are
+        not accepted, and ``efi`` ``"all"`` accepts none.
+    :param delay_s: wait this long before answering (cut short by ``stop()``): a
+        number of seconds from 0 to :data:`threading.TIMEOUT_MAX`.
+    :param reset: ``True`` to close the connection abruptly (TCP reset) instead
+        of answering.
+    :param hang: ``True`` to never answer: hold the connection until the client
+        closes it or the collector stops.
     """
 
     status: int = 200
@@ -139,19 +156,33 @@ class Answer:
     hang: bool = False
 
     def __post_init__(self) -> None:
+        # Everything is checked here because a value the collector cannot serve
+        # would otherwise fail only when served, on the connection thread, where
+        # the client sees a dropped connection and no request is recorded.
+        # bool is an int, but True as a status or a delay is surely a mistake.
+        if not isinstance(self.status, int) or isinstance(self.status, bool):
+            raise TypeError(f"status must be an int, not {type(self.status).__name__}")
         if not 200 <= self.status <= 599:
             raise ValueError(f"status must be within 200-599, not {self.status!r}")
+        if not isinstance(self.delay_s, (int, float)) or isinstance(self.delay_s, bool):
+            kind = type(self.delay_s).__name__
+            raise TypeError(f"delay_s must be a number of seconds, not {kind}")
         if self.delay_s < 0:
             raise ValueError(f"delay_s must not be negative, not {self.delay_s!r}")
+        # Event.wait() refuses a longer timeout; NaN fails the comparison too.
+        if not self.delay_s <= threading.TIMEOUT_MAX:
+            raise ValueError(
+                f"delay_s must be at most threading.TIMEOUT_MAX, not {self.delay_s!r}"
+            )
+        for name in ("reset", "hang"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(
+                    f"{name} must be a bool, not {type(getattr(self, name)).__name__}"
+                )
         if self.reset and self.hang:
             raise ValueError("an answer cannot both reset and hang")
-        # Checked here because a body that cannot be encoded would otherwise fail
-        # only when served, on the connection thread, as a dropped connection.
-        if self.body is not None and not isinstance(self.body, (Mapping, str, bytes)):
-            raise TypeError(
-                "body must be None, a mapping, str or bytes, not "
-                f"{type(self.body).__name__}"
-            )
+        _check_answer_headers(self.headers)
+        _check_answer_body(self.body)
 
 
 @dataclass(frozen=True)
@@ -507,8 +538,53 @@ def _encode_body(body: _Body) -> Tuple[bytes, object]:
         return json.dumps(reading, separators=(",", ":")).encode("utf-8"), reading
     try:
         return raw, json.loads(raw)
-    except ValueError:
+    # A verbatim body nested too deeply to read is sent all the same, unread.
+    except (ValueError, RecursionError):
         return raw, None
+
+
+def _check_answer_headers(headers: object) -> None:
+    """Refuse scripted answer headers that cannot be written as they are given."""
+    if headers is None:
+        return
+    if not isinstance(headers, Mapping):
+        raise TypeError(
+            f"headers must be None or a mapping, not {type(headers).__name__}"
+        )
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(
+                "headers must map str names to str values, not "
+                f"{type(name).__name__} to {type(value).__name__}"
+            )
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"headers: {name!r} is not an HTTP header name")
+        if name.lower() in _FRAMING_HEADERS:
+            raise ValueError(
+                f"headers cannot set {name}: the collector sets it to frame the answer"
+            )
+        # The value is not shown: a Collector-Error may quote an API key.
+        if _BAD_HEADER_VALUE.search(value):
+            raise ValueError(
+                f"headers: the value of {name} must be Latin-1 text without CR, LF "
+                "or NUL"
+            )
+
+
+def _check_answer_body(body: object) -> None:
+    """Refuse a scripted answer body of another type, or one that cannot be encoded."""
+    if body is None:
+        return
+    if not isinstance(body, (Mapping, str, bytes)):
+        raise TypeError(
+            f"body must be None, a mapping, str or bytes, not {type(body).__name__}"
+        )
+    try:
+        _encode_body(body)
+    except TypeError as error:
+        raise TypeError(f"body cannot be encoded: {error}") from error
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"body cannot be encoded: {error}") from error
 
 
 def _verdict_reply(exam: _Examination, extra: _HeaderPairs) -> _Reply:

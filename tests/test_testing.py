@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 import zlib
+from http import HTTPStatus
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import pytest
@@ -636,6 +637,105 @@ def test_an_answer_body_of_another_type_is_refused_when_created(body: Any) -> No
 @pytest.mark.parametrize("body", [None, {"acc": 1}, '{"acc":1}', b'{"acc":1}'])
 def test_the_documented_answer_bodies_are_accepted(body: Any) -> None:
     assert Answer(body=body).body == body
+
+
+def _circular() -> Dict[str, Any]:
+    body: Dict[str, Any] = {}
+    body["self"] = body
+    return body
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"status": 200.0}, "status"),
+        ({"status": True}, "status"),
+        ({"status": "200"}, "status"),
+        ({"delay_s": "1"}, "delay_s"),
+        ({"delay_s": False}, "delay_s"),
+        ({"reset": "yes"}, "reset"),
+        ({"hang": 1}, "hang"),
+        ({"headers": [("a", "b")]}, "headers"),
+        ({"headers": {"a": 1}}, "headers"),
+        ({"headers": {b"a": "b"}}, "headers"),
+        ({"body": {1: object()}}, "body"),
+        ({"body": {"x": object()}}, "body"),
+        ({"body": {(1, 2): "a tuple is no JSON key"}}, "body"),
+    ],
+)
+def test_answer_options_of_the_wrong_type_are_refused_when_created(
+    options: Dict[str, Any], name: str
+) -> None:
+    with pytest.raises(TypeError, match=name):
+        Answer(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"delay_s": float("nan")}, "delay_s"),
+        ({"delay_s": float("inf")}, "delay_s"),
+        ({"delay_s": threading.TIMEOUT_MAX * 2}, "delay_s"),
+        ({"headers": {"X-A": "b\r\nX-Injected: 1"}}, "headers"),
+        ({"headers": {"X-A": "b\nc"}}, "headers"),
+        ({"headers": {"X-A": "b\rc"}}, "headers"),
+        ({"headers": {"X-A\r\nX-Injected": "1"}}, "headers"),
+        ({"headers": {"X-A\n": "b"}}, "headers"),
+        ({"headers": {"X A": "b"}}, "headers"),
+        ({"headers": {"": "b"}}, "headers"),
+        ({"headers": {"X-A": "10 \u20ac"}}, "headers"),
+        ({"body": "\ud800"}, "body"),
+        ({"body": _circular()}, "body"),
+    ],
+)
+def test_answer_options_the_collector_cannot_serve_are_refused_when_created(
+    options: Dict[str, Any], name: str
+) -> None:
+    with pytest.raises(ValueError, match=name):
+        Answer(**options)
+
+
+@pytest.mark.parametrize(
+    "name", ["Content-Length", "content-length", "TRANSFER-ENCODING", "Connection"]
+)
+def test_answer_headers_that_frame_the_answer_are_refused(name: str) -> None:
+    # A Content-Length beside the collector's made the client fail an answer
+    # scripted to succeed.
+    with pytest.raises(ValueError, match=f"{name}: the collector sets it"):
+        Answer(headers={name: "100000"}, body=b"{}")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"status": HTTPStatus.ACCEPTED},
+        {"status": 599, "delay_s": 0},
+        {"delay_s": threading.TIMEOUT_MAX},
+        {"headers": {"X-Name": "caf\u00e9\tau lait", "Retry-After": ""}},
+        {"headers": Headers([("Retry-After", "7")])},
+        {"body": {1: [1.5, None, "x"], "nested": {"acc": 0}}},
+        {"body": '{"acc":1,"note":"caf\u00e9"}'},
+    ],
+)
+def test_answer_options_that_can_be_served_are_accepted(
+    options: Dict[str, Any],
+) -> None:
+    answer = Answer(**options)
+
+    assert [getattr(answer, name) for name in options] == list(options.values())
+
+
+def test_a_verbatim_body_too_deep_to_read_is_still_served(
+    onecollector: LocalCollector,
+) -> None:
+    body = "[" * 100_000
+    onecollector.script(Answer(body=body))
+
+    answer = post(onecollector, ndjson(envelope()))
+
+    assert answer.status_code == 200
+    assert answer.text == body
+    assert onecollector.requests[0].answer_body == body.encode()
 
 
 def test_headers_are_read_case_insensitively() -> None:
