@@ -823,6 +823,23 @@ class Pipeline:
                 timeout_s=self._time_left,
                 on_retry=self._on_retry,
             )
+            if (
+                outcome.deferred
+                and self._closing.is_set()
+                and not self._giving_up
+                and outcome.retry_after is None
+            ):
+                # The close cut a wait between attempts short: one attempt
+                # more, within the close's time, before the batch goes to disk
+                # (or is lost without one) after a failure the collector may
+                # have recovered from since.
+                outcome = deliver(
+                    self.transport,
+                    lines,
+                    sleep=self._sleep,
+                    stop_event=_ONE_ATTEMPT,
+                    timeout_s=self._time_left,
+                )
         halves: List[List[bytes]] = []
         stored = _NOT_YET
         with self._cond:

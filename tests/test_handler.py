@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
-from support import KEY, TENANT, isolated_logger, messages
+from support import KEY, TENANT, isolated_logger, messages, wait_until
 
 from onecollector_logging import ConfigurationError, OneCollectorHandler
 from onecollector_logging._batcher import own_activity
@@ -381,6 +381,26 @@ def test_close_sends_what_is_queued_to_a_healthy_collector(
 
     assert handler.stats() == {"accepted": 5000, "queued": 0}
     assert len(onecollector.events) == 5000
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_close_during_a_wait_between_attempts_tries_once_more(
+    onecollector: LocalCollector, make: Make, cache: bool
+) -> None:
+    # The connection was lost once; the collector answers again by the time
+    # the application closes the handler, in the middle of the backoff.
+    onecollector.script(Answer(reset=True))
+    handler = make(cache=cache, shutdown_timeout=3)
+    logger = isolated_logger("app.recovered", handler)
+    logger.info("one")
+    logger.info("two")
+    assert onecollector.wait_for_requests(1)
+    assert wait_until(lambda: handler.stats().get("retried") == 1)
+
+    handler.close()
+
+    assert handler.stats() == {"accepted": 2, "retried": 1, "queued": 0}
+    assert messages(onecollector.events) == ["one", "two"]
 
 
 def test_shutdown_with_a_collector_that_never_answers_is_bounded(
