@@ -239,8 +239,8 @@ class Pipeline:
         #: Set by a close that must not wait for the pipeline threads.
         self._hurry = False
         self._deadline = 0.0
-        #: The cached and dropped counts when close began.
-        self._at_close = (0, 0)
+        #: The dropped count when close began.
+        self._dropped_before_close = 0
         #: When the sender may next look at the disk cache (real monotonic).
         self._next_drain_at = 0.0
         #: When the collector last accepted a batch (real monotonic).
@@ -382,8 +382,7 @@ class Pipeline:
                 return False
             self._hurry = hurry
             self._deadline = real_monotonic() + timeout_s
-            counters = self._counters
-            self._at_close = (counters.get("cached"), counters.get("dropped"))
+            self._dropped_before_close = self._counters.get("dropped")
             self._closing.set()
         self._interrupt.set()
         self._wake.set()
@@ -416,25 +415,25 @@ class Pipeline:
     def _report_close(self) -> None:
         # The streak rule logs the first loss only, and storing is not a loss
         # at all: at the exit of a short-lived program, one line says where
-        # the records that did not reach the collector went.
-        cached, dropped = self._at_close
-        cached = self._counters.get("cached") - cached
-        dropped = self._counters.get("dropped") - dropped
+        # the records that did not reach the collector are. The cache is
+        # counted as it stands, with what was stored before the close.
+        dropped = self._counters.get("dropped") - self._dropped_before_close
+        waiting = 0
+        if self._cache_opened and self._cache is not None:
+            try:
+                waiting = int(self._cache.stats()["records"])
+            except Exception:  # a diagnostic must not fail the close
+                log.debug("%s: cannot count the disk cache", self._name, exc_info=True)
         where = []
-        if cached > 0:
+        if waiting > 0:
             where.append(
-                f"{cached} stored in the disk cache, which the next handler of"
-                " the tenant to start sends"
+                f"{waiting} record(s) of tenant {self.transport.tenant} wait in the"
+                " disk cache, which the next handler of the tenant to start sends"
             )
         if dropped > 0:
-            where.append(f"{dropped} dropped (see stats())")
+            where.append(f"{dropped} record(s) were dropped (see stats())")
         if where:
-            log.warning(
-                "%s: closed with %d record(s) not delivered: %s",
-                self._name,
-                cached + dropped,
-                "; ".join(where),
-            )
+            log.warning("%s: closed: %s", self._name, "; ".join(where))
 
     def _holds_batches(self) -> bool:
         with self._cond:

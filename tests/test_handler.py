@@ -438,9 +438,33 @@ def test_a_close_that_leaves_records_undelivered_says_where_they_went(
         handler.close()
 
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    where = "25 stored in the disk cache" if cache else "25 dropped (see stats())"
+    where = (
+        f"closed: 25 record(s) of tenant {TENANT} wait in the disk cache"
+        if cache
+        else "closed: 25 record(s) were dropped (see stats())"
+    )
     assert len(said) == 1, said
-    assert f"closed with 25 record(s) not delivered: {where}" in said[0]
+    assert where in said[0]
+
+
+def test_the_close_warning_counts_what_was_stored_before_the_close(
+    onecollector: LocalCollector, make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    onecollector.script_always(Answer(hang=True))
+    handler = make(shutdown_timeout=0.2, max_batch_records=10)
+    logger = isolated_logger("app.spilled", handler)
+    for i in range(45):
+        logger.info("n%d", i)
+    # The request hangs: past the two batches handed to the sender, the
+    # batches go to disk before the close.
+    assert wait_until(lambda: handler.stats().get("cached") == 15), handler.stats()
+
+    with caplog.at_level(logging.WARNING, logger="onecollector_logging"):
+        handler.close()
+
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1, said
+    assert f"closed: 45 record(s) of tenant {TENANT} wait in the disk cache" in said[0]
 
 
 def test_records_after_close_are_counted_not_lost_silently(
