@@ -128,6 +128,10 @@ def instrumentation_key(value: Optional[str]) -> Tuple[str, str]:
     return key, tenant
 
 
+#: Characters of a key's secret part from which an endpoint holding it is refused.
+_MIN_SECRET = 16
+
+
 def endpoint(value: object, key: str = "") -> str:
     """Check the collector's URL.
 
@@ -137,8 +141,14 @@ def endpoint(value: object, key: str = "") -> str:
     """
     if not isinstance(value, str):
         raise ConfigurationError(f"endpoint must be a URL string, got {value!r}")
-    # Case and percent-encoding do not hide it from whoever reads the URL.
-    if key and key.lower() in unquote(value).lower():
+    # Case and percent-encoding do not hide it from whoever reads the URL, and
+    # the part after the tenant id is the secret even without the tenant (when
+    # it is long enough not to turn up in a URL by chance).
+    url_text = unquote(value).lower()
+    secret = key.partition("-")[2].lower()
+    if key and (
+        key.lower() in url_text or (len(secret) >= _MIN_SECRET and secret in url_text)
+    ):
         raise ConfigurationError(
             "endpoint holds the instrumentation key: the handler sends it in the"
             " x-apikey header; remove it from the URL"

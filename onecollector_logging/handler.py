@@ -44,7 +44,8 @@ _FLUSH_THEN_CLOSE_S = 0.5
 class _Settings:
     """The validated options the pipeline is built from (again after a fork)."""
 
-    key: str
+    #: Left out of the repr: debuggers and error reports show reprs.
+    key: str = dataclasses.field(repr=False)
     extensions: Dict[str, Dict[str, Any]]
     flush_interval_s: float
     max_batch_records: int

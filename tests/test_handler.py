@@ -657,7 +657,14 @@ def test_malformed_endpoints_are_configuration_errors(endpoint: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "query", [KEY, KEY.upper(), KEY.replace("-", "%2D"), KEY.replace("-", "%2d")]
+    "query",
+    [
+        KEY,
+        KEY.upper(),
+        KEY.replace("-", "%2D"),
+        KEY.replace("-", "%2d"),
+        KEY.partition("-")[2],
+    ],
 )
 def test_an_endpoint_holding_the_key_is_refused_without_showing_it(query: str) -> None:
     # urllib3 logs the URL of every request; the key goes in a header only.
@@ -665,6 +672,13 @@ def test_an_endpoint_holding_the_key_is_refused_without_showing_it(query: str) -
         OneCollectorHandler(KEY, endpoint=f"https://host/OneCollector/1.0/?k={query}")
 
     assert query not in str(caught.value)
+
+
+def test_no_repr_of_the_handler_or_its_parts_holds_the_key(make: Make) -> None:
+    handler = make()
+    parts = [handler, handler._settings, handler._record_options, handler.counters]
+
+    assert [repr(part) for part in parts if KEY in repr(part)] == []
 
 
 def test_a_tenant_that_is_not_alphanumeric_is_refused() -> None:
