@@ -76,6 +76,8 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: http.server writes header lines as strict Latin-1, and CR or LF would split
 #: one header into two.
 _BAD_HEADER_VALUE = re.compile(r"[\r\n\x00]|[^\x00-\xff]")
+#: Statuses whose answers carry no body: one given to them could not be sent.
+_NO_BODY = frozenset({204, 304})
 #: The collector writes these itself; a second copy would garble the framing.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 
@@ -137,8 +139,9 @@ class Answer:
         are refused: the collector sets them to frame the answer.
     :param body: ``None`` for ``{"acc":N}`` (``N`` = events parsed, 0 for a
         non-2xx status); a mapping is sent as JSON, so it must be serializable
-        by :func:`json.dumps`; ``str`` (as UTF-8) and ``bytes`` verbatim; any
-        other type is refused. On a 2xx, events listed by index in ``efi`` are
+        by :func:`json.dumps`, without NaN or infinity; ``str`` (as UTF-8) and
+        ``bytes`` verbatim; any other type is refused, and any body for a 204
+        or 304. On a 2xx, events listed by index in ``efi`` are
         not accepted, and ``efi`` ``"all"`` accepts none.
     :param delay_s: wait this long before answering (cut short by ``stop()``): a
         number of seconds from 0 to :data:`threading.TIMEOUT_MAX`.
@@ -183,6 +186,8 @@ class Answer:
             raise ValueError("an answer cannot both reset and hang")
         _check_answer_headers(self.headers)
         _check_answer_body(self.body)
+        if self.body is not None and self.status in _NO_BODY:
+            raise ValueError(f"a {self.status} answer has no body: body must be None")
 
 
 @dataclass(frozen=True)
@@ -535,7 +540,9 @@ def _encode_body(body: _Body) -> Tuple[bytes, object]:
         raw = body.encode("utf-8")
     else:
         reading = dict(body or {})
-        return json.dumps(reading, separators=(",", ":")).encode("utf-8"), reading
+        # NaN and infinity are not JSON: no client could read such an answer.
+        text = json.dumps(reading, separators=(",", ":"), allow_nan=False)
+        return text.encode("utf-8"), reading
     try:
         return raw, json.loads(raw)
     # A verbatim body nested too deeply to read is sent all the same, unread.
@@ -607,7 +614,7 @@ def _scripted_reply(exam: _Examination, answer: Answer, extra: _HeaderPairs) -> 
         success = 200 <= answer.status < 300
         body = {"acc": sum(isinstance(v, dict) for v in exam.values) if success else 0}
     raw, reading = _encode_body(body)
-    if answer.status in (204, 304):
+    if answer.status in _NO_BODY:
         raw = b""
     accepted, rejected = _settle(exam.values, answer.status, reading)
     headers = _merge_headers(

@@ -686,6 +686,9 @@ def test_answer_options_of_the_wrong_type_are_refused_when_created(
         ({"headers": {"X-A": "10 \u20ac"}}, "headers"),
         ({"body": "\ud800"}, "body"),
         ({"body": _circular()}, "body"),
+        ({"body": {"acc": float("nan")}}, "body"),
+        ({"status": 204, "body": "{}"}, "body"),
+        ({"status": 304, "body": {"acc": 1}}, "body"),
     ],
 )
 def test_answer_options_the_collector_cannot_serve_are_refused_when_created(
