@@ -252,6 +252,8 @@ class Pipeline:
         self._loss_streak = False
         self._queue_full_reported = False
         self._key_refusal_reported = False
+        #: Records this pipeline wrote to the disk cache and has not sent since.
+        self._spilled = 0
         #: Set once close has stored what was left: a record put later (by a
         #: thread that passed the handler's closed check just before) is
         #: counted rather than left in a queue nobody reads.
@@ -698,7 +700,8 @@ class Pipeline:
         if self.transport.kill_window.active():
             self._counters.add("dropped.killed", len(batch))
             return
-        self._store(batch, reason="shutdown" if self._closing.is_set() else "spill")
+        if self._store(batch, reason="shutdown" if self._closing.is_set() else "spill"):
+            self._spilled += len(batch)
 
     # -- sender thread -----------------------------------------------------
 
@@ -742,6 +745,7 @@ class Pipeline:
         while True:
             item = self._next_item()
             if item is None:
+                self._drain_at_close()
                 return
             if isinstance(item, _FlushMarker):
                 self._finish_flush(item)
@@ -943,8 +947,33 @@ class Pipeline:
             # One failure at shutdown is enough: the rest goes straight to disk.
             self._giving_up = True
 
-    def _drain_one(self) -> bool:
-        if self.transport.kill_window.active() or self._interrupt.is_set():
+    def _drain_at_close(self) -> None:
+        """Send, in the close's time, as many cached records as this pipeline
+        wrote to disk while it ran.
+
+        Batches spilled during a burst would otherwise wait for the next run
+        of the application; the backlog of an outage, and other processes'
+        batches beyond that count, are left to the spool's paced draining.
+        """
+        while (
+            self._spilled > 0
+            and self._cache is not None
+            and not self._giving_up
+            and not self._handed_over
+            and real_monotonic() < self._deadline
+        ):
+            before = self._spilled
+            if not self._drain_one(at_close=True) or self._spilled >= before:
+                return  # none left, or refused, failed or divided: no more now
+
+    def _drain_one(self, *, at_close: bool = False) -> bool:
+        """Send the oldest cached batch; return whether one was claimed.
+
+        :param at_close: the close's interruption does not stop this one.
+        """
+        if self.transport.kill_window.active():
+            return False
+        if self._interrupt.is_set() and not at_close:
             return False
         claim = self._cache.claim()
         if claim is None:
@@ -980,6 +1009,8 @@ class Pipeline:
         elif outcome.kind in (ACCEPTED, REJECTED, SPLIT, KILLED) or outcome.kill:
             claim.done()
             self._settle(claim.lines, outcome)
+            if outcome.kind == ACCEPTED:
+                self._spilled = max(0, self._spilled - len(claim.lines))
         else:
             self._next_drain_at = real_monotonic() + _FAILED_DRAIN_PAUSE_S
             claim.release()

@@ -447,6 +447,26 @@ def test_a_close_that_leaves_records_undelivered_says_where_they_went(
     assert where in said[0]
 
 
+def test_a_close_sends_what_a_slow_answer_made_the_handler_write_to_disk(
+    onecollector: LocalCollector, make: Make, tmp_path: Path
+) -> None:
+    # One slow answer sends the batches behind it to disk; the collector is
+    # quick again by the close, which sends them rather than leave them there
+    # for the next run of the application.
+    onecollector.script(Answer(delay_s=0.6))
+    handler = make(max_batch_records=10, shutdown_timeout=5)
+    logger = isolated_logger("app.slow", handler)
+    for i in range(45):
+        logger.info("n%d", i)
+    assert wait_until(lambda: handler.stats().get("cached") == 15)
+
+    handler.close()
+
+    assert handler.stats() == {"accepted": 45, "cached": 15, "queued": 0}
+    assert sorted(messages(onecollector.events)) == sorted(f"n{i}" for i in range(45))
+    assert list((tmp_path / "cache").rglob("*.batch")) == []
+
+
 def test_the_close_warning_counts_what_was_stored_before_the_close(
     onecollector: LocalCollector, make: Make, caplog: pytest.LogCaptureFixture
 ) -> None:
