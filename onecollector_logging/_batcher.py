@@ -831,6 +831,7 @@ class Pipeline:
                 and self._closing.is_set()
                 and not self._giving_up
                 and outcome.retry_after is None
+                and real_monotonic() < self._deadline
             ):
                 # The close cut a wait between attempts short: one attempt
                 # more, within the close's time, before the batch goes to disk
