@@ -384,7 +384,7 @@ class Pipeline:
                 return False
             self._hurry = hurry
             self._deadline = real_monotonic() + timeout_s
-            self._dropped_before_close = self._counters.get("dropped")
+            self._dropped_before_close = self._dropped_by_pipeline()
             self._closing.set()
         self._interrupt.set()
         self._wake.set()
@@ -419,7 +419,7 @@ class Pipeline:
         # at all: at the exit of a short-lived program, one line says where
         # the records that did not reach the collector are. The cache is
         # counted as it stands, with what was stored before the close.
-        dropped = self._counters.get("dropped") - self._dropped_before_close
+        dropped = self._dropped_by_pipeline() - self._dropped_before_close
         waiting = 0
         if self._cache_opened and self._cache is not None:
             try:
@@ -436,6 +436,12 @@ class Pipeline:
             where.append(f"{dropped} record(s) were dropped (see stats())")
         if where:
             log.warning("%s: closed: %s", self._name, "; ".join(where))
+
+    def _dropped_by_pipeline(self) -> int:
+        # Records logged after the close are counted, and warned about, apart:
+        # they were never the close's to deliver.
+        counters = self._counters
+        return counters.get("dropped") - counters.get("dropped.after_close")
 
     def _holds_batches(self) -> bool:
         with self._cond:

@@ -16,7 +16,7 @@ import pytest
 from support import KEY, TENANT, isolated_logger, messages, wait_until
 
 from onecollector_logging import ConfigurationError, OneCollectorHandler
-from onecollector_logging._batcher import own_activity
+from onecollector_logging._batcher import Pipeline, own_activity
 from onecollector_logging.testing import Answer, LocalCollector
 
 Make = Callable[..., OneCollectorHandler]
@@ -525,6 +525,31 @@ def test_a_record_in_emit_while_another_thread_closes_is_counted(
     assert handler.stats()["dropped"]["after_close"] == 1
     assert handler.stats()["queued"] == 0
     assert len([r for r in caplog.records if "closing" in r.getMessage()]) == 1
+
+
+def test_records_logged_during_a_close_are_not_counted_as_the_close_dropping_them(
+    onecollector: LocalCollector,
+    make: Make,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handler = make()
+    logger = isolated_logger("app.during", handler)
+    logger.info("before")
+    assert onecollector.wait_for_events(1)
+    end_close = Pipeline.end_close
+
+    def log_then_end(pipeline: Pipeline) -> None:
+        logger.info("during the close")  # as another thread would
+        end_close(pipeline)
+
+    monkeypatch.setattr(Pipeline, "end_close", log_then_end)
+    with caplog.at_level(logging.WARNING, logger="onecollector_logging"):
+        handler.close()
+
+    assert handler.stats()["dropped"] == {"after_close": 1}
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and "closed:" not in said[0], said
 
 
 def test_records_queued_after_the_threads_stopped_go_to_the_cache(
