@@ -958,13 +958,16 @@ class Pipeline:
         """Send, in the close's time, as many cached records as this pipeline
         wrote to disk while it ran.
 
-        Batches spilled during a burst would otherwise wait for the next run
-        of the application; the backlog of an outage, and other processes'
-        batches beyond that count, are left to the spool's paced draining.
+        Batches spilled during a burst, or left by the handler this one
+        replaced, would otherwise wait for the next run of the application;
+        the backlog of an outage, and other processes' batches beyond that
+        count, are left to the spool's paced draining.
         """
+        if self._cache is None or self._handed_over or self._giving_up:
+            return  # what is handed down is left for a close that can send
+        self._spilled += self._cache.take_handed_down()
         while (
             self._spilled > 0
-            and self._cache is not None
             and not self._giving_up
             and not self._handed_over
             and real_monotonic() < self._deadline
@@ -1102,6 +1105,10 @@ class Pipeline:
             )
             if name is None:
                 return None
+            if self._hurry and reason == "shutdown":
+                # Left by a close that could not wait (a second dictConfig):
+                # the handler that replaces this one sends them at its close.
+                self._cache.hand_down(len(lines))
             self._counters.add("cached", len(lines))
             self._cache_may_hold = True
             self._next_drain_at = min(

@@ -110,11 +110,14 @@ _sequence = itertools.count()
 
 
 class _Holds:
-    """Batch files (by path) that no handler of this process claims before the
-    real monotonic time given: see :meth:`DiskCache.put_batch`."""
+    """What this process notes about the batches in its partitions: files (by
+    path) that no handler of the process claims before the real monotonic
+    time given (see :meth:`DiskCache.put_batch`), and records a close left for
+    the next handler of a partition (see :meth:`DiskCache.hand_down`)."""
 
     def __init__(self) -> None:
         self.until: Dict[str, float] = {}
+        self.handed_down: Dict[str, int] = {}
         self.lock = threading.Lock()
 
     def add(self, path: str, seconds: float) -> None:
@@ -134,6 +137,14 @@ class _Holds:
     def remove(self, path: str) -> None:
         with self.lock:
             self.until.pop(path, None)
+
+    def hand_down(self, path: str, records: int) -> None:
+        with self.lock:
+            self.handed_down[path] = self.handed_down.get(path, 0) + records
+
+    def take_handed_down(self, path: str) -> int:
+        with self.lock:
+            return self.handed_down.pop(path, 0)
 
     def renew_lock(self) -> None:
         # A fork while another thread held the lock would leave the child's
@@ -417,6 +428,15 @@ class DiskCache:
             return False
         self._forget(size)
         return True
+
+    def hand_down(self, records: int) -> None:
+        """Note that a close stored *records* for the next handler of this
+        partition in this process to send (see :meth:`take_handed_down`)."""
+        _holds.hand_down(self.path, records)
+
+    def take_handed_down(self) -> int:
+        """Return, and forget, the records closes handed down to this partition."""
+        return _holds.take_handed_down(self.path)
 
     def unhold(self, name: str) -> None:
         """Let this process claim the batch *name* again (see :meth:`put_batch`)."""

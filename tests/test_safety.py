@@ -900,3 +900,51 @@ def test_a_fault_in_the_sender_does_not_stop_delivery(
     assert sorted(messages(onecollector.events)) == ["after", "before"]
     failures = [r for r in caplog.records if r.getMessage().endswith("sender failed")]
     assert [r.levelno for r in failures] == [logging.ERROR, logging.DEBUG]
+
+
+def test_what_a_second_dict_config_left_in_the_cache_is_sent_by_the_new_handler(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    # The replaced handler cannot wait for its threads under dictConfig's
+    # lock: what it held goes to disk, and the handler that replaces it sends
+    # it, at the latest at its own close.
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {
+            "oc": {
+                "class": "onecollector_logging.OneCollectorHandler",
+                "instrumentation_key": KEY,
+                "endpoint": onecollector.endpoint,
+                "cache_dir": str(tmp_path),
+                "flush_interval_s": "60",
+            }
+        },
+        "loggers": {"app": {"level": "INFO", "handlers": ["oc"]}},
+    }
+    app = logging.getLogger("app")
+    try:
+        logging.config.dictConfig(config)
+        for i in range(3000):
+            app.info("old %d", i)
+        old = app.handlers[0]
+        assert isinstance(old, OneCollectorHandler) and old._pipeline is not None
+        logging.config.dictConfig(config)
+        # Its threads finish storing once dictConfig has let the lock go.
+        for thread in old._pipeline._threads or []:
+            thread.join(10)
+            assert not thread.is_alive()
+        assert _cached_records(tmp_path) > 0
+        new = app.handlers[0]
+        app.info("new")
+        new.close()
+    finally:
+        for handler in app.handlers:
+            handler.close()
+        app.handlers.clear()
+
+    bodies = [e["data"]["formattedMessage"] for e in onecollector.events]
+    missing = {"new", *(f"old {i}" for i in range(3000))} - set(bodies)
+    assert (len(missing), len(bodies), _cached_records(tmp_path)) == (0, 3001, 0), (
+        sorted(missing)[:5]
+    )
