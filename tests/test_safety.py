@@ -209,25 +209,32 @@ def test_a_kill_order_on_a_late_answer_is_obeyed(
     assert cache.stats()["records"] == 0
 
 
+def _app_config(
+    onecollector: LocalCollector, cache_dir: Path, **options: str
+) -> Dict[str, Any]:
+    """A dictConfig() configuration: the logger "app" with one of our handlers."""
+    handler = {
+        "class": "onecollector_logging.OneCollectorHandler",
+        "instrumentation_key": KEY,
+        "endpoint": onecollector.endpoint,
+        "cache_dir": str(cache_dir),
+        **options,
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"oc": handler},
+        "loggers": {"app": {"level": "INFO", "handlers": ["oc"]}},
+    }
+
+
 def test_dict_config_replacing_the_handler_during_a_send_is_bounded(
     onecollector: LocalCollector, tmp_path: Path
 ) -> None:
     onecollector.script_always(Answer(hang=True))
-    config = {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "handlers": {
-            "oc": {
-                "class": "onecollector_logging.OneCollectorHandler",
-                "instrumentation_key": KEY,
-                "endpoint": onecollector.endpoint,
-                "cache_dir": str(tmp_path),
-                "flush_interval_s": "0.05",
-                "shutdown_timeout": "1",
-            }
-        },
-        "loggers": {"app": {"level": "INFO", "handlers": ["oc"]}},
-    }
+    config = _app_config(
+        onecollector, tmp_path, flush_interval_s="0.05", shutdown_timeout="1"
+    )
     logging.config.dictConfig(config)
     handler = logging.getLogger("app").handlers[0]
     for i in range(20):
@@ -908,20 +915,7 @@ def test_what_a_second_dict_config_left_in_the_cache_is_sent_by_the_new_handler(
     # The replaced handler cannot wait for its threads under dictConfig's
     # lock: what it held goes to disk, and the handler that replaces it sends
     # it, at the latest at its own close.
-    config = {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "handlers": {
-            "oc": {
-                "class": "onecollector_logging.OneCollectorHandler",
-                "instrumentation_key": KEY,
-                "endpoint": onecollector.endpoint,
-                "cache_dir": str(tmp_path),
-                "flush_interval_s": "60",
-            }
-        },
-        "loggers": {"app": {"level": "INFO", "handlers": ["oc"]}},
-    }
+    config = _app_config(onecollector, tmp_path, flush_interval_s="60")
     app = logging.getLogger("app")
     try:
         logging.config.dictConfig(config)
