@@ -680,8 +680,11 @@ class Pipeline:
 
     def _should_spill(self) -> bool:
         # Called with the lock held. Without a cache there is nowhere to spill:
-        # the batch waits for the sender and the queue absorbs the burst.
-        if not self._cache_ready():
+        # the batch waits for the sender and the queue absorbs the burst. The
+        # sender opens the cache as it starts; not here, under the lock, where
+        # the opening's diagnostics could wait for the logging module's lock
+        # held by a dictConfig() that waits for this lock in turn.
+        if not self._cache_opened or self._cache is None:
             return self._closing.is_set() and self._giving_up
         # A sender that is merely behind (a burst keeps it from the
         # interpreter, or a close came right after one) catches up within a
@@ -751,6 +754,7 @@ class Pipeline:
         while True:
             item = self._next_item()
             if item is None:
+                self._drop_held()
                 self._drain_at_close()
                 return
             if isinstance(item, _FlushMarker):
@@ -773,7 +777,6 @@ class Pipeline:
         with self._cond:
             while not self._ready:
                 if self._batcher_done:
-                    self._drop_held()
                     return None
                 if self._closing.is_set():
                     self._cond.wait(_WAIT_SLICE_S)
@@ -802,8 +805,11 @@ class Pipeline:
         )
 
     def _drop_held(self) -> None:
-        while self._held:
-            lines = self._held.popleft()
+        # Reported outside the lock: a log call may wait for logging's lock.
+        with self._cond:
+            held = list(self._held)
+            self._held.clear()
+        for lines in held:
             self._counters.add("dropped.shutdown", len(lines))
             self._report_loss("no disk cache at shutdown", len(lines))
 

@@ -515,6 +515,7 @@ def test_a_sender_that_keeps_pace_is_waited_for_rather_than_spilled_to_disk(
     handler = make_handler(max_queue_records=1000)
     pipeline = handler._pipeline
     assert pipeline is not None
+    assert pipeline._cache_ready()  # as the sender does when it starts
     now = real_monotonic()
 
     def spills(queued: int, accepted_s_ago: float, busy_s: Optional[float]) -> bool:
@@ -533,6 +534,25 @@ def test_a_sender_that_keeps_pace_is_waited_for_rather_than_spilled_to_disk(
     finally:
         pipeline._queue.clear()
         pipeline.transport.busy_since = None
+
+
+def test_the_batcher_never_opens_the_cache_holding_the_pipeline_lock(
+    make_handler: Make,
+) -> None:
+    # Opening logs; a log call may wait for the logging module's lock, which a
+    # dictConfig() holds while it waits for the pipeline lock to flush: the
+    # batcher decides to spill under that lock, so it must not open the cache.
+    handler = make_handler()
+    pipeline = handler._pipeline
+    assert pipeline is not None and not pipeline._cache_opened
+    pipeline._queue.extend([None] * pipeline._max_queue)
+    try:
+        with pipeline._cond:
+            spills = pipeline._should_spill()
+    finally:
+        pipeline._queue.clear()
+
+    assert not spills and not pipeline._cache_opened
 
 
 def test_a_close_that_stores_a_split_batch_sends_neither_half_after_it(
