@@ -83,6 +83,9 @@ _PACE_S = 0.1
 #: request went on, is held from this process's claims (the sender ends the
 #: hold when the request ends; this is for a sender that never gets there).
 _HOLD_MARGIN_S = 5.0
+#: A close sends a cached batch only with at least this much time left, and
+#: twice what the last request took.
+_CLOSE_DRAIN_MIN_S = 0.1
 #: After an unexpected failure, the sender starts again this much later.
 _RECOVER_S = 0.5
 #: How long a close that took over the pipeline's batches still waits for the
@@ -334,6 +337,12 @@ class Pipeline:
             self._running = True
         self._on_start()
 
+    @property
+    def closed_out(self) -> bool:
+        """Whether a close has stored what was left: a record put now is
+        counted as ``dropped.after_close``."""
+        return self._closed_out
+
     def queued(self) -> int:
         """Records in memory: queued, batched for the sender, or being sent."""
         with self._cond:
@@ -408,6 +417,11 @@ class Pipeline:
             self._hand_over()
             if self._threads and not self._hurry:
                 self._threads[0].join(_BATCHER_GRACE_S)  # the batcher
+        if self._hurry and self._cache is not None and self._spilled:
+            # What it wrote to disk while it ran goes to the next handler's
+            # close too, this one having no time to send it.
+            self._cache.hand_down(self._spilled)
+            self._spilled = 0
         self._running = False
         self._closed_out = True
         self._drop_late()
@@ -976,7 +990,10 @@ class Pipeline:
             self._spilled > 0
             and not self._giving_up
             and not self._handed_over
-            and real_monotonic() < self._deadline
+            # A request cut off by the deadline may have been taken all the
+            # same, and the batch, safe on disk, would arrive twice.
+            and self._deadline - real_monotonic()
+            > max(_CLOSE_DRAIN_MIN_S, 2 * self.transport.last_request_s)
         ):
             before = self._spilled
             if not self._drain_one(at_close=True) or self._spilled >= before:

@@ -201,6 +201,8 @@ class Transport:
         self._template: Optional[requests.PreparedRequest] = None
         #: When the request in progress started (real monotonic), or None.
         self.busy_since: Optional[float] = None
+        #: How long the last request took, answer included (seconds).
+        self.last_request_s = 0.0
 
     def close(self) -> None:
         self._template = None
@@ -223,7 +225,7 @@ class Transport:
         if self._session is None:
             self._session = self._new_session()
         session = self._session
-        self.busy_since = real_monotonic()
+        started = self.busy_since = real_monotonic()
         try:
             body = compress_lines(lines, self._compression)
             request = self._prepare(session, body, headers)
@@ -256,6 +258,7 @@ class Transport:
             log.debug("request to %s failed: %s", self.endpoint, detail)
             return Outcome(TRANSIENT, connection_error=True, detail=detail)
         finally:
+            self.last_request_s = real_monotonic() - started
             self.busy_since = None
         return self._read(response.status_code, response.headers, answer, len(lines))
 

@@ -324,9 +324,10 @@ class OneCollectorHandler(logging.Handler):
                 if type(name) is str and is_own_logger(name):
                     return
                 event = None
-            if self._closed:
+            if self._closed and pipeline.closed_out:
                 self._emit_after_close()
                 return
+            # While a close is still under way, the record goes with the rest.
             item = capture(record, self._record_options, next(self._seq), event)
             if item is not None:
                 pipeline.put(item)
@@ -342,7 +343,7 @@ class OneCollectorHandler(logging.Handler):
         pipeline = self._pipeline
         if pipeline is None:
             return
-        if self._closed:
+        if self._closed and pipeline.closed_out:
             self._emit_after_close()
             return
         snap.seq = next(self._seq)

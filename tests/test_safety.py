@@ -962,3 +962,56 @@ def test_what_a_second_dict_config_left_in_the_cache_is_sent_by_the_new_handler(
     assert (len(missing), len(bodies), _cached_records(tmp_path)) == (0, 3001, 0), (
         sorted(missing)[:5]
     )
+
+
+def test_what_the_replaced_handler_spilled_while_it_ran_is_sent_by_the_new_one(
+    onecollector: LocalCollector, tmp_path: Path
+) -> None:
+    # A slow answer sends the replaced handler's batches to disk while it
+    # runs; the second dictConfig gives it no time to send them.
+    onecollector.script(Answer(delay_s=0.6))
+    config = _app_config(
+        onecollector, tmp_path, flush_interval_s="0.05", max_batch_records="100"
+    )
+    app = logging.getLogger("app")
+    try:
+        logging.config.dictConfig(config)
+        old = app.handlers[0]
+        assert isinstance(old, OneCollectorHandler) and old._pipeline is not None
+        for i in range(1000):
+            app.info("old %d", i)
+        assert wait_until(lambda: old.stats().get("cached", 0) >= 500)
+        logging.config.dictConfig(config)
+        for thread in old._pipeline._threads or []:
+            thread.join(10)
+            assert not thread.is_alive()
+        new = app.handlers[0]
+        app.info("new")
+        new.close()
+    finally:
+        for handler in app.handlers:
+            handler.close()
+        app.handlers.clear()
+
+    bodies = [e["data"]["formattedMessage"] for e in onecollector.events]
+    missing = {"new", *(f"old {i}" for i in range(1000))} - set(bodies)
+    assert (len(missing), len(bodies), _cached_records(tmp_path)) == (0, 1001, 0)
+
+
+def test_a_close_sends_no_cached_batch_it_has_no_time_to_see_answered(
+    onecollector: LocalCollector, make_handler: Make, tmp_path: Path
+) -> None:
+    # Cut off by the deadline, the request may have been taken all the same;
+    # on disk, the batch is safe, and it would arrive twice.
+    handler = make_handler()
+    pipeline = handler._pipeline
+    assert pipeline is not None and pipeline._cache_ready()
+    assert pipeline._store([b'{"n":1}'], reason="spill") is not None
+    pipeline._spilled = 1
+    pipeline.transport.last_request_s = 1.0
+    pipeline._deadline = real_monotonic() + 1.5
+
+    pipeline._drain_at_close()
+
+    assert onecollector.requests == []
+    assert _cached_records(tmp_path / "cache") == 1
